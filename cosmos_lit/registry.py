@@ -61,7 +61,11 @@ class Registry:
             return
         self._loaded = True
         for module in self.locations:
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as e:
+                if e.name != module:  # a dependency of a built-in module is missing: that is a real error
+                    raise
         load_plugins()
 
     def names(self) -> list[str]:

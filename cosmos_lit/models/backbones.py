@@ -1,0 +1,140 @@
+"""Backbone adapter: the Cosmos-Predict2 DiT (diffusers ``CosmosTransformer3DModel``) behind a velocity interface.
+
+``adapter(net_in, timesteps, cond_mask, text) -> F`` with
+    net_in    (B, 16, T, H, W)  c_in-scaled noisy latents, clean ground truth on conditioning frames
+    timesteps (B, T)            t = σ/(1+σ) per latent frame (0 on conditioning frames)
+    cond_mask (B, T)            1 on conditioning frames; concatenated as the 17th input channel
+    text      (B, L, D)         instruction embeddings (cross-attention)
+    F         (B, 16, T, H, W)  predicted velocity ε − x0
+
+Named configurations (timm-style factory functions): ``cosmos_predict2_2b`` is the exact 2B Video2World network
+(reference/backbone.md §1.1, 1,956,413,440 parameters); ``cosmos_predict2_tiny`` the same architecture at toy size.
+The released nets have fps modulation off, so ``fps=None`` is passed; the padding mask is zeros (no padding).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import lightning as L
+import torch
+
+from cosmos_lit.registry import ConfigError, register
+
+COSMOS_PREDICT2_2B: dict[str, Any] = dict(
+    in_channels=17,
+    out_channels=16,
+    num_attention_heads=16,
+    attention_head_dim=128,
+    num_layers=28,
+    mlp_ratio=4.0,
+    text_embed_dim=1024,
+    adaln_lora_dim=256,
+    max_size=(128, 240, 240),
+    patch_size=(1, 2, 2),
+    rope_scale=(1.0, 3.0, 3.0),
+    concat_padding_mask=True,
+    extra_pos_embed_type=None,
+)
+
+COSMOS_PREDICT2_TINY: dict[str, Any] = dict(
+    COSMOS_PREDICT2_2B, num_attention_heads=2, attention_head_dim=32, num_layers=2, text_embed_dim=32, adaln_lora_dim=16
+)
+
+
+class BackboneAdapter(L.LightningModule):
+    """Cosmos-Predict2 DiT; usable alone (``forward``) or inside a task module.
+
+    Args:
+        config: ``CosmosTransformer3DModel`` keyword arguments.
+        pretrained: local path to weights (official ``.pt``, released Cosmos Policy ``.pt``, diffusers folder or
+            ``.safetensors``); loaded strictly.
+        trust_pickle: allow ``torch.load(weights_only=False)`` for pickled checkpoints that need it.
+        meta_init: build on the meta device (no memory; for inspection, or followed by an assign-load of weights).
+        gradient_checkpointing: recompute block activations in backward (needed for useful 2B batch sizes).
+        attention_backend: diffusers attention backend name (e.g. "_native_cudnn", "flash"); None keeps the default.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        pretrained: str | None = None,
+        trust_pickle: bool = False,
+        meta_init: bool = False,
+        gradient_checkpointing: bool = False,
+        attention_backend: str | None = None,
+    ):
+        super().__init__()
+        from diffusers import CosmosTransformer3DModel
+
+        cfg = dict(config)
+        for key in ("max_size", "patch_size", "rope_scale"):
+            if key in cfg and cfg[key] is not None:
+                cfg[key] = tuple(cfg[key])
+        if cfg.get("in_channels") != 17:
+            raise ConfigError(f"model.backbone.config.in_channels: expected 17 (16 latent + condition mask), got {cfg.get('in_channels')}")
+        self.config = cfg
+        ctx = torch.device("meta") if (meta_init or pretrained) else contextlib.nullcontext()
+        with ctx:
+            self.net = CosmosTransformer3DModel(**cfg)
+        if pretrained:
+            from cosmos_lit.weights.cosmos_dit import load_dit_weights
+
+            load_dit_weights(self.net, pretrained, trust_pickle=trust_pickle)
+        if gradient_checkpointing:
+            self.net.enable_gradient_checkpointing()
+        if attention_backend:
+            self.net.set_attention_backend(attention_backend)
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.config["text_embed_dim"])
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.config["out_channels"])
+
+    def forward(self, net_in: torch.Tensor, timesteps: torch.Tensor, cond_mask: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        b, _, t, h, w = net_in.shape
+        mask = cond_mask.to(net_in.dtype)[:, None, :, None, None].expand(b, 1, t, h, w)
+        hidden = torch.cat([net_in, mask], dim=1)
+        out = self.net(
+            hidden_states=hidden,
+            timestep=timesteps.to(net_in.dtype)[:, None, :, None, None],
+            encoder_hidden_states=text.to(net_in.dtype),
+            padding_mask=net_in.new_zeros(1, 1, h, w),
+            fps=None,
+            return_dict=False,
+        )[0]
+        return out
+
+
+@register("backbone", "cosmos_predict2_2b")
+def cosmos_predict2_2b(**kwargs: Any) -> BackboneAdapter:
+    """Cosmos-Predict2-2B Video2World DiT (28 blocks, width 2048, 16 heads); weights from ``pretrained=``."""
+    config = dict(COSMOS_PREDICT2_2B, **kwargs.pop("overrides", {}) or {})
+    return BackboneAdapter(config=config, **kwargs)
+
+
+@register("backbone", "cosmos_predict2_tiny")
+def cosmos_predict2_tiny(
+    num_layers: int = 2,
+    num_attention_heads: int = 2,
+    attention_head_dim: int = 32,
+    text_embed_dim: int = 32,
+    adaln_lora_dim: int = 16,
+    **kwargs: Any,
+) -> BackboneAdapter:
+    """The Cosmos-Predict2 DiT architecture at toy size (CPU runs and tests); random init unless ``pretrained=``."""
+    if attention_head_dim < 12 or attention_head_dim % 2:
+        raise ConfigError(f"model.backbone.attention_head_dim: expected an even number >= 12 (3D RoPE split), got {attention_head_dim}")
+    config = dict(
+        COSMOS_PREDICT2_2B,
+        num_layers=num_layers,
+        num_attention_heads=num_attention_heads,
+        attention_head_dim=attention_head_dim,
+        text_embed_dim=text_embed_dim,
+        adaln_lora_dim=adaln_lora_dim,
+    )
+    return BackboneAdapter(config=config, **kwargs)
