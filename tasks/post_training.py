@@ -101,7 +101,9 @@ class CosmosPolicyTask(L.LightningModule):
         self.image_encoder = build(model["image_encoder"], "image_encoder", path="model.image_encoder")
         self.vector_encoder = build(model.get("vector_encoder") or {"name": "tiled"}, "vector_encoder", path="model.vector_encoder")
         self.value_head = build(model.get("value_head") or {"name": "frame"}, "value_head", path="model.value_head")
-        text_node = model.get("text_encoder") or {"name": "hash", "dim": self.backbone.text_dim}
+        text_node = dict(model.get("text_encoder") or {"name": "hash"})
+        if text_node.get("name") == "hash" and text_node.get("dim") is None:
+            text_node["dim"] = self.backbone.text_dim  # the tiny embedder simply matches the backbone
         self.text_encoder = build(text_node, "text_encoder", path="model.text_encoder")
         if getattr(self.text_encoder, "dim", self.backbone.text_dim) != self.backbone.text_dim:
             raise ConfigError(

@@ -1,0 +1,179 @@
+"""Periodic closed-loop evaluation in simulation during post-training (and as ``validate`` against a checkpoint).
+
+Every ``every_n_steps`` optimizer steps (and at the last step) the current model is wrapped as a ``CosmosPolicy``
+and run for a fixed seed list in simulator worker processes. Episodes are sharded across ranks (rank r takes
+seeds[r::world]); success rate and rewards are reduced with torchmetrics, so every rank logs the same numbers and
+``ModelCheckpoint(monitor="sim/success_rate")`` works. Per-episode JSON and a few mp4 videos land in
+``<run_dir>/eval/step_<N>/``. A crashed env is reported (``sim/errors``) and training goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torchmetrics
+from lightning.pytorch.utilities import rank_zero_info
+
+from cosmos_lit.registry import ConfigError, register
+
+
+@register("callback", "sim_eval")
+class SimEvalCallback(L.Callback):
+    """Closed-loop success in a simulator.
+
+    Args:
+        env: env registry node, e.g. ``{name: aloha_sim, task: transfer_cube}``.
+        every_n_steps: evaluation period in optimizer steps (0: only at the end of training / in ``validate``).
+        num_episodes: episodes per evaluation (seeds ``seed0 .. seed0 + num_episodes − 1`` unless ``seeds`` given).
+        seeds: explicit fixed seed list.
+        seed0: first seed of the default list (keep it disjoint from the demo seeds).
+        num_workers: env processes per rank.
+        execute_steps: actions executed open loop per policy query (default: the whole chunk).
+        num_steps: denoising steps for the policy (default: the task's sampling config).
+        max_steps: episode horizon (default: the env's).
+        num_videos: episodes recorded as mp4 per evaluation.
+        time_budget_s: wall-clock budget per evaluation.
+        image_pipeline: test-time image options (see ``cosmos_lit.images.test_time_transform``).
+        python_executable: interpreter for env workers (LIBERO lives in its own environment).
+        at_start: also evaluate before the first optimizer step.
+    """
+
+    def __init__(
+        self,
+        env: dict[str, Any],
+        every_n_steps: int = 1000,
+        num_episodes: int = 10,
+        seeds: list[int] | None = None,
+        seed0: int = 100_000,
+        num_workers: int = 2,
+        execute_steps: int | None = None,
+        num_steps: int | None = None,
+        max_steps: int | None = None,
+        num_videos: int = 2,
+        video_fps: float = 25.0,
+        time_budget_s: float | None = 600.0,
+        image_pipeline: dict[str, Any] | None = None,
+        python_executable: str | None = None,
+        at_start: bool = False,
+    ):
+        super().__init__()
+        if not isinstance(env, dict) or "name" not in env:
+            raise ConfigError("eval.env: expected an env node with a 'name' (e.g. {name: aloha_sim, task: transfer_cube})")
+        self.env_cfg = dict(env)
+        self.every_n_steps = int(every_n_steps)
+        self.seeds = list(seeds) if seeds else list(range(seed0, seed0 + num_episodes))
+        self.num_workers = num_workers
+        self.execute_steps = execute_steps
+        self.num_steps = num_steps
+        self.max_steps = max_steps
+        self.num_videos = num_videos
+        self.video_fps = video_fps
+        self.time_budget_s = time_budget_s
+        self.image_pipeline = image_pipeline
+        self.python_executable = python_executable
+        self.at_start = at_start
+        self._pool: Any = None
+        self._last_step = -1
+        self.success = torchmetrics.MeanMetric()
+        self.reward = torchmetrics.MeanMetric()
+        self.max_reward = torchmetrics.MeanMetric()
+        self.errors = torchmetrics.SumMetric()
+        self.history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ hooks
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.at_start:
+            self._evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == self._last_step:  # gradient accumulation repeats the same global step
+            return
+        last = trainer.max_steps is not None and trainer.max_steps > 0 and step >= trainer.max_steps
+        if (self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0) or last:
+            self._evaluate(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate" and not trainer.sanity_checking:
+            metrics = self._evaluate(trainer, pl_module, log=False)
+            for k, v in metrics.items():
+                pl_module.log(k, v, sync_dist=False)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "exception")
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _run_dir(self, trainer: L.Trainer) -> Path:
+        return Path(trainer.default_root_dir)
+
+    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, log: bool = True) -> dict[str, float]:
+        from cosmos_lit.envs.worker import EnvPool
+        from cosmos_lit.evaluation import run_episodes, save_results
+        from cosmos_lit.policy import CosmosPolicy
+
+        step = trainer.global_step
+        self._last_step = step
+        rank, world = trainer.global_rank, trainer.world_size
+        my_seeds = self.seeds[rank::world]
+        out_dir = self._run_dir(trainer) / "eval" / f"step_{step:07d}"
+        was_training = pl_module.training
+        pl_module.eval()
+        t0 = time.monotonic()
+        try:
+            if self._pool is None:
+                self._pool = EnvPool(self.env_cfg, num_workers=max(1, min(self.num_workers, len(my_seeds) or 1)),
+                                     python_executable=self.python_executable)
+            policy = CosmosPolicy(pl_module, num_steps=self.num_steps, execute_steps=self.execute_steps,
+                                  image_pipeline=self.image_pipeline, seed=0)
+            with torch.no_grad():
+                results = run_episodes(policy, self.env_cfg, my_seeds, max_steps=self.max_steps,
+                                       num_videos=self.num_videos if rank == 0 else 0, video_dir=out_dir / "videos",
+                                       video_fps=self.video_fps, time_budget_s=self.time_budget_s, pool=self._pool)
+        finally:
+            if was_training:
+                pl_module.train()
+        save_results(out_dir / f"episodes_rank{rank}.json", results, {"step": step})
+        dev = pl_module.device
+        for r in results:
+            if r.error is None:
+                self.success.update(torch.tensor(float(r.success), device=dev))
+                self.reward.update(torch.tensor(r.total_reward, device=dev))
+                self.max_reward.update(torch.tensor(r.max_reward, device=dev))
+            self.errors.update(torch.tensor(float(r.error not in (None, "time budget")), device=dev))
+        self.success.to(dev), self.reward.to(dev), self.max_reward.to(dev), self.errors.to(dev)
+        metrics = {
+            "sim/success_rate": float(self.success.compute()) if self.success.update_count else float("nan"),
+            "sim/mean_reward": float(self.reward.compute()) if self.reward.update_count else float("nan"),
+            "sim/mean_max_reward": float(self.max_reward.compute()) if self.max_reward.update_count else float("nan"),
+            "sim/errors": float(self.errors.compute()),
+            "sim/episodes": float(sum(r.error is None for r in results) * world),
+            "sim/eval_seconds": time.monotonic() - t0,
+        }
+        for m in (self.success, self.reward, self.max_reward, self.errors):
+            m.reset()
+        self.history.append({"step": float(step), **metrics})
+        for r in results:
+            if r.error not in (None, "time budget"):
+                rank_zero_info(f"[sim_eval] env error (seed {r.seed}): {r.error}")
+        rank_zero_info(
+            f"[sim_eval] step {step}: success {metrics['sim/success_rate']:.2f} over {int(metrics['sim/episodes'])} "
+            f"episodes, mean max reward {metrics['sim/mean_max_reward']:.2f}, {metrics['sim/eval_seconds']:.0f}s -> {out_dir}"
+        )
+        if log:
+            for lg in trainer.loggers:
+                lg.log_metrics(metrics, step=step)
+            for k, v in metrics.items():
+                trainer.callback_metrics[k] = torch.tensor(v)
+        return metrics

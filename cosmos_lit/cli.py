@@ -1,0 +1,389 @@
+"""``python -m cosmos_lit {fit,validate,test,predict} --config FILE [OVERRIDES]`` and ``python -m cosmos_lit list [KIND]``.
+
+Configs are composed with Hydra's compose API: the primary file's ``defaults`` list picks one option per config group
+(``data``, ``model/backbone``, ``model/image_encoder``, ``model/value_head``, ``planner``, ``eval``, ``trainer``,
+``logger``, ``experiment``), and overrides use Hydra's grammar (``trainer.max_steps=100``, ``model/backbone=
+cosmos_predict2_2b``, ``+new.key=1``). ``-m`` expands sweeps (``task.optim.lr=1e-4,3e-4``) into one subprocess per job.
+
+Every run gets its own directory holding the resolved config, the overrides and the chosen group options; the same
+three are embedded in every checkpoint, so ``validate``/``test``/``predict`` with ``ckpt_path=...`` and no
+``--config`` rebuild everything from the checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cosmos_lit.registry import ConfigError
+
+BUILTIN_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+TOP_LEVEL_KEYS = {
+    "data", "model", "planner", "eval", "trainer", "logger", "task", "seed", "run_dir", "run_name", "ckpt_path",
+    "callbacks", "checkpoint", "experiment", "export", "predict", "notes",
+}
+COMMANDS = ("fit", "validate", "test", "predict")
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------------- composition
+
+
+def compose(config_file: str | Path, overrides: list[str]) -> tuple[Any, dict[str, Any]]:
+    """Compose ``config_file`` + overrides; returns (config without the hydra node, chosen group options)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf, open_dict
+
+    path = Path(config_file).expanduser().resolve()
+    if not path.is_file():
+        raise CliError(f"--config: file not found: {path}")
+    search = [f"file://{BUILTIN_CONFIGS}"] if BUILTIN_CONFIGS.is_dir() and BUILTIN_CONFIGS != path.parent else []
+    extra = [f"hydra.searchpath=[{','.join(search)}]"] if search else []
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
+            cfg = hydra_compose(config_name=path.stem, overrides=list(overrides) + extra, return_hydra_config=True)
+    except Exception as e:  # Hydra's own exceptions carry the useful message (sometimes in __cause__)
+        raise CliError(_hydra_message(e)) from None
+    choices = {k: v for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items() if not k.startswith("hydra")}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    unknown = [k for k in cfg.keys() if k not in TOP_LEVEL_KEYS]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(str(unknown[0]), sorted(TOP_LEVEL_KEYS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise CliError(f"{path}: unknown top-level key '{unknown[0]}'{hint}; accepted: {', '.join(sorted(TOP_LEVEL_KEYS))}")
+    return cfg, choices
+
+
+def _hydra_message(e: BaseException) -> str:
+    msg = str(e).strip()
+    cause = e.__cause__ or e.__context__
+    if cause is not None and str(cause).strip() and str(cause).strip() not in msg:
+        msg = f"{msg}: {str(cause).strip()}"
+    return " ".join(msg.split())
+
+
+def resolve(cfg: Any) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except Exception as e:
+        raise CliError(f"config interpolation failed: {_hydra_message(e)}") from None
+
+
+# ---------------------------------------------------------------------------------------------------- run directory
+
+
+def make_run_dir(cfg: dict[str, Any], command: str) -> Path:
+    """``run_dir`` if given; else ``runs/<run_name or data name>/<timestamp>_<command>`` (shared with DDP children)."""
+    env = os.environ.get("COSMOS_LIT_RUN_DIR")
+    if env:
+        path = Path(env)
+    elif cfg.get("run_dir"):
+        path = Path(cfg["run_dir"])
+    else:
+        name = cfg.get("run_name") or (cfg.get("data") or {}).get("name", "run")
+        path = Path("runs") / str(name) / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{command}"
+    path = path.expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["COSMOS_LIT_RUN_DIR"] = str(path)
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_run_config(run_dir: Path, cfg: dict[str, Any], overrides: list[str], choices: dict[str, Any]) -> None:
+    from omegaconf import OmegaConf
+
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg)))
+    write_text_atomic(run_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
+    write_text_atomic(run_dir / "choices.yaml", OmegaConf.to_yaml(OmegaConf.create(choices)))
+
+
+def print_config_tree(cfg: dict[str, Any], choices: dict[str, Any], save_to: Path | None = None) -> None:
+    """Rich tree of the resolved config (groups first, with their chosen option)."""
+    from omegaconf import OmegaConf
+    from rich.console import Console
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("[bold]config[/bold]")
+    for key, value in cfg.items():
+        label = f"[bold cyan]{key}[/bold cyan]"
+        picked = [f"{g}={c}" for g, c in choices.items() if g.split("/")[0] == key and c is not None]
+        if picked:
+            label += f"  [dim]({', '.join(picked)})[/dim]"
+        branch = tree.add(label)
+        text = OmegaConf.to_yaml(OmegaConf.create({key: value}) if not isinstance(value, dict) else OmegaConf.create(value))
+        branch.add(Syntax(text.rstrip(), "yaml", theme="ansi_dark", background_color="default"))
+    Console().print(tree)
+    if save_to is not None:
+        with open(save_to, "w") as f:
+            Console(file=f, width=120, color_system=None).print(tree)
+
+
+# ---------------------------------------------------------------------------------------------------- building
+
+
+def build_trainer(cfg: dict[str, Any], run_dir: Path, callbacks: list[Any], command: str) -> Any:
+    import lightning as L
+
+    from cosmos_lit.registry import bind_kwargs, build
+
+    trainer_cfg = dict(cfg.get("trainer") or {})
+    for key in ("callbacks", "logger", "default_root_dir"):
+        if key in trainer_cfg:
+            raise CliError(f"trainer.{key}: set by cosmos_lit (use the '{key if key != 'default_root_dir' else 'run_dir'}' config instead)")
+    precision = trainer_cfg.get("precision")
+    if precision == "auto":
+        import torch
+
+        use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and trainer_cfg.get("accelerator") != "cpu"
+        trainer_cfg["precision"] = "bf16-mixed" if use_bf16 else "32-true"
+    try:
+        bind_kwargs(L.Trainer, trainer_cfg, "trainer")
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+    loggers = []
+    log_cfg = cfg.get("logger")
+    if log_cfg and command != "predict":
+        nodes = log_cfg.values() if isinstance(log_cfg, dict) and "_target_" not in log_cfg else [log_cfg]
+        for node in nodes:
+            if node:
+                loggers.append(build(dict(node), "callback", path="logger", save_dir=str(run_dir)))
+    return L.Trainer(**trainer_cfg, default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers or False)
+
+
+def build_callbacks(cfg: dict[str, Any], run_dir: Path, overrides: list[str], choices: dict[str, Any], command: str) -> list[Any]:
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+
+    from cosmos_lit.callbacks import RunConfigInCheckpoint
+    from cosmos_lit.registry import build
+
+    callbacks: list[Any] = [RichProgressBar(leave=True)]
+    task_name = str((cfg.get("task") or {}).get("name", "cosmos_policy"))
+    if command == "fit":
+        ck = dict(cfg.get("checkpoint") or {})
+        ck.setdefault("dirpath", str(run_dir / "checkpoints"))
+        ck.setdefault("save_last", True)
+        callbacks += [ModelCheckpoint(**ck), RunConfigInCheckpoint(cfg, overrides, choices, task_name)]
+        if cfg.get("logger"):
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+    ev = cfg.get("eval")
+    if ev and command in ("fit", "validate"):
+        callbacks.append(build(ev, "callback", path="eval"))
+    for i, node in enumerate((cfg.get("callbacks") or {}).values() if isinstance(cfg.get("callbacks"), dict) else cfg.get("callbacks") or []):
+        if node:
+            callbacks.append(build(node, "callback", path=f"callbacks[{i}]"))
+    return callbacks
+
+
+def build_datamodule(cfg: dict[str, Any]) -> Any:
+    from cosmos_lit.registry import build
+
+    if not cfg.get("data"):
+        raise CliError("data: missing (pick one with data=<option>, e.g. data=aloha_sim)")
+    return build(cfg["data"], "datamodule", path="data")
+
+
+def build_task(cfg: dict[str, Any], dm: Any) -> Any:
+    from cosmos_lit.registry import build
+
+    task_cfg = dict(cfg.get("task") or {"name": "cosmos_policy"})
+    return build(task_cfg, "task", path="task", model=cfg.get("model") or {}, planner=cfg.get("planner"),
+                 spec=dm.spec.to_dict(), statistics=dm.statistics)
+
+
+# ---------------------------------------------------------------------------------------------------- commands
+
+
+def _config_from_checkpoint(ckpt_path: str, overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    import torch
+    from omegaconf import OmegaConf
+
+    p = Path(ckpt_path).expanduser()
+    if not p.is_file():
+        raise CliError(f"ckpt_path: checkpoint not found: {p}")
+    ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    meta = ckpt.get("cosmos_lit")
+    if not meta:
+        raise CliError(f"{p}: no embedded cosmos_lit config; pass --config as well")
+    cfg = OmegaConf.create(meta["config"])
+    for ov in overrides:
+        key = ov.split("=", 1)[0].lstrip("+~")
+        if "/" in key:
+            raise CliError(f"override '{ov}': config-group overrides need --config (the checkpoint holds a resolved config)")
+    try:
+        OmegaConf.set_struct(cfg, True)
+        for ov in overrides:
+            key, _, value = ov.partition("=")
+            if key.startswith("+"):
+                OmegaConf.set_struct(cfg, False)
+            OmegaConf.update(cfg, key.lstrip("+"), OmegaConf.create({"v": value})["v"] if value else None, merge=True)
+            OmegaConf.set_struct(cfg, True)
+    except Exception as e:
+        raise CliError(f"override: {_hydra_message(e)}") from None
+    return OmegaConf.to_container(cfg, resolve=True), dict(meta.get("choices") or {})  # type: ignore[return-value]
+
+
+def run(command: str, config: str | None, overrides: list[str], print_only: bool = False) -> Any:
+    """Compose, build and run one job; returns the trainer (fit/validate/test) or predictions (predict)."""
+    import lightning as L
+
+    ckpt_override = next((o.split("=", 1)[1] for o in overrides if o.startswith("ckpt_path=")), None)
+    if config:
+        cfg_node, choices = compose(config, overrides)
+        cfg = resolve(cfg_node)
+    elif ckpt_override and command != "fit":
+        cfg, choices = _config_from_checkpoint(ckpt_override, [o for o in overrides if not o.startswith("ckpt_path=")])
+        cfg["ckpt_path"] = ckpt_override
+    else:
+        raise CliError("--config is required (or, for validate/test/predict, ckpt_path=<checkpoint>)")
+    if print_only:
+        print_config_tree(cfg, choices)
+        return None
+    run_dir = make_run_dir(cfg, command)
+    save_run_config(run_dir, cfg, overrides, choices)
+    print_config_tree(cfg, choices, save_to=run_dir / "config_tree.txt")
+    L.seed_everything(int(cfg.get("seed", 0)), workers=True)
+
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("fit" if command == "fit" else command)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and command != "fit":
+        from cosmos_lit.policy import load_task
+
+        task = load_task(ckpt_path)
+        ckpt_path = None  # weights are loaded; Lightning need not restore training state
+    else:
+        task = build_task(cfg, dm)
+    callbacks = build_callbacks(cfg, run_dir, overrides, choices, command)
+    trainer = build_trainer(cfg, run_dir, callbacks, command)
+    if command == "fit":
+        trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+        _report_fit(trainer, run_dir)
+        return trainer
+    if command == "validate":
+        trainer.validate(task, datamodule=dm)
+    elif command == "test":
+        trainer.test(task, datamodule=dm)
+    else:
+        return trainer.predict(task, datamodule=dm)
+    return trainer
+
+
+def _report_fit(trainer: Any, run_dir: Path) -> None:
+    from rich.console import Console
+
+    best = getattr(trainer.checkpoint_callback, "last_model_path", "") if trainer.checkpoint_callback else ""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "sim/", "train/loss"))}
+    c = Console()
+    c.print(f"[bold green]done[/bold green]: run directory {run_dir}")
+    if best:
+        c.print(f"checkpoint: {best}")
+    for k in sorted(metrics):
+        c.print(f"  {k} = {metrics[k]:.4f}")
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """Hydra sweep syntax (``a=1,2``, ``choice(...)``, ``range(...)``) -> the list of per-job override lists."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides=overrides)
+    except Exception as e:
+        raise CliError(f"sweep overrides: {_hydra_message(e)}") from None
+    axes = []
+    for ov in parsed:
+        key = ov.get_key_element()
+        if ov.is_sweep_override():
+            axes.append([f"{key}={v}" for v in ov.sweep_string_iterator()])
+        else:
+            axes.append([f"{key}={ov.get_value_element_as_str()}"])
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def run_sweep(command: str, config: str, overrides: list[str], dry_run: bool) -> int:
+    jobs = expand_sweep(overrides)
+    base = Path("runs") / "multirun" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    failures = 0
+    for i, job in enumerate(jobs):
+        job = [o for o in job if not o.startswith("run_dir=")] + [f"run_dir={base / str(i)}"]
+        cmd = [sys.executable, "-m", "cosmos_lit", command, "--config", config, *job]
+        print(f"[job {i}] {shlex.join(cmd)}", flush=True)
+        if dry_run:
+            continue
+        env = {k: v for k, v in os.environ.items() if k != "COSMOS_LIT_RUN_DIR"}
+        failures += subprocess.call(cmd, env=env) != 0
+    if not dry_run:
+        print(f"{len(jobs) - failures}/{len(jobs)} jobs succeeded; runs under {base}")
+    return 1 if failures else 0
+
+
+def list_registered(kind: str | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cosmos_lit.registry import describe
+
+    table = Table(title="cosmos_lit registry")
+    for col in ("kind", "name", "summary"):
+        table.add_column(col)
+    for row in describe(kind):
+        table.add_row(*row)
+    Console().print(table)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m cosmos_lit", description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=[*COMMANDS, "list"])
+    p.add_argument("--config", "-c", help="primary config file, e.g. configs/aloha_sim.yaml")
+    p.add_argument("--print-config", action="store_true", help="print the composed config and exit")
+    p.add_argument("-m", "--multirun", action="store_true", help="expand sweep overrides; one subprocess per job")
+    p.add_argument("--dry-run", action="store_true", help="with -m: print the job commands only")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides (key=value, group=option); for 'list': a kind")
+    args = p.parse_args(argv)
+    # LightningCLI muscle memory: --trainer.max_steps=5 -> trainer.max_steps=5
+    args.overrides = [o[2:] if o.startswith("--") and "=" in o else o for o in args.overrides]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.command == "list":
+            list_registered(args.overrides[0] if args.overrides else None)
+            return
+        if args.multirun:
+            if not args.config:
+                raise CliError("-m needs --config")
+            sys.exit(run_sweep(args.command, args.config, args.overrides, args.dry_run))
+        run(args.command, args.config, args.overrides, print_only=args.print_config)
+    except (CliError, ConfigError, FileNotFoundError, ValueError, KeyError) as e:
+        if os.environ.get("COSMOS_LIT_DEBUG"):
+            raise
+        msg = str(e) if not isinstance(e, KeyError) else str(e.args[0] if e.args else e)
+        print(f"error: {' '.join(msg.split())}", file=sys.stderr)
+        print("(set COSMOS_LIT_DEBUG=1 for the traceback)", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,165 @@
+"""Closed-loop rollouts of a policy in simulator worker processes (one env per process).
+
+``run_episodes`` runs episodes in waves of ``num_workers`` envs; in each wave the policy is queried once per chunk
+for all live envs together (one batched forward), then each env executes ``policy.execute_steps`` actions open loop.
+An env whose worker crashes is recorded with its error and the others go on. A time budget stops launching waves
+(and ends the running wave at the next chunk boundary); unfinished episodes are reported, not counted as failures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cosmos_lit.envs.base import EpisodeResult
+
+
+def _frame(obs: dict[str, Any], cameras: tuple[str, ...]) -> np.ndarray:
+    imgs = [np.asarray(obs["images"][c]) for c in cameras if c in obs.get("images", {})]
+    return np.concatenate(imgs, axis=1) if imgs else np.zeros((64, 64, 3), np.uint8)
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
+    """mp4 (H.264 via imageio-ffmpeg), written atomically."""
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.mp4")
+    h, w = frames[0].shape[:2]
+    pad = [(0, (-h) % 16), (0, (-w) % 16), (0, 0)]  # macro-block friendly size, no rescale warnings
+    imageio.mimwrite(tmp, [np.pad(f, pad) for f in frames], fps=fps, macro_block_size=1)
+    os.replace(tmp, path)
+
+
+def run_episodes(
+    policy: Any,
+    env_cfg: dict[str, Any],
+    seeds: list[int],
+    num_workers: int = 2,
+    max_steps: int | None = None,
+    num_videos: int = 0,
+    video_dir: str | Path | None = None,
+    video_fps: float = 25.0,
+    time_budget_s: float | None = None,
+    pool: Any = None,
+    python_executable: str | None = None,
+    on_episode: Callable[[EpisodeResult], None] | None = None,
+) -> list[EpisodeResult]:
+    """Run one episode per seed; returns results in seed order (errors and budget cut-offs included)."""
+    from cosmos_lit.envs.worker import EnvPool
+
+    own_pool = pool is None
+    if own_pool:
+        pool = EnvPool(env_cfg, num_workers=min(num_workers, max(1, len(seeds))), python_executable=python_executable)
+    env_name = str(env_cfg.get("name", "env"))
+    task_name = str(env_cfg.get("task", env_cfg.get("env_name", env_cfg.get("suite", ""))))
+    cameras = tuple(policy.spec.cameras)
+    start = time.monotonic()
+    results: list[EpisodeResult] = []
+    try:
+        width = pool.num_workers
+        for w0 in range(0, len(seeds), width):
+            wave = seeds[w0 : w0 + width]
+            if time_budget_s is not None and time.monotonic() - start > time_budget_s:
+                results += [EpisodeResult(env_name, task_name, s, False, 0.0, 0.0, 0, 0.0, error="time budget") for s in wave]
+                continue
+            results += _run_wave(policy, pool, env_name, task_name, wave, w0, max_steps, num_videos, video_dir,
+                                 video_fps, cameras, start, time_budget_s)
+            if on_episode:
+                for r in results[-len(wave):]:
+                    on_episode(r)
+    finally:
+        if own_pool:
+            pool.close()
+    return results
+
+
+def _run_wave(policy: Any, pool: Any, env_name: str, task_name: str, wave: list[int], first_index: int,
+              max_steps: int | None, num_videos: int, video_dir: str | Path | None, video_fps: float,
+              cameras: tuple[str, ...], start: float, time_budget_s: float | None) -> list[EpisodeResult]:
+    n = len(wave)
+    t0 = time.monotonic()
+    reset_out = pool.reset(wave, slots=list(range(n)))
+    obs: list[Any] = list(reset_out)
+    errors: list[str | None] = [o if isinstance(o, str) else None for o in obs]
+    horizon = max_steps or pool.max_steps
+    steps = [0] * n
+    total = [0.0] * n
+    best = [0.0] * n
+    success = [False] * n
+    done = [e is not None for e in errors]
+    values: list[list[float]] = [[] for _ in range(n)]
+    record = [video_dir is not None and first_index + i < num_videos for i in range(n)]
+    frames: list[list[np.ndarray]] = [[_frame(o, cameras)] if record[i] and errors[i] is None else [] for i, o in enumerate(obs)]
+    policy.reset()
+    while not all(done):
+        if time_budget_s is not None and time.monotonic() - start > time_budget_s:
+            for i in range(n):
+                if not done[i]:
+                    errors[i] = errors[i] or "time budget"
+                    done[i] = True
+            break
+        live = [i for i in range(n) if not done[i]]
+        out = policy([obs[i] for i in live])
+        for j, i in enumerate(live):
+            if "value" in out:
+                values[i].append(float(out["value"][j]))
+        for k in range(policy.execute_steps):
+            live_now = [i for i in live if not done[i]]
+            if not live_now:
+                break
+            acts = {i: out["actions"][live.index(i), k] for i in live_now}
+            step_out = pool.step([acts[i] for i in live_now], slots=live_now)
+            for i, res in zip(live_now, step_out):
+                if isinstance(res, str):
+                    errors[i], done[i] = res, True
+                    continue
+                o, r, d, info = res
+                obs[i] = o
+                steps[i] += 1
+                total[i] += float(r)
+                best[i] = max(best[i], float(r))
+                success[i] = success[i] or bool(info.get("success", False))
+                if record[i]:
+                    frames[i].append(_frame(o, cameras))
+                if d or success[i] or steps[i] >= horizon:
+                    done[i] = True
+    seconds = time.monotonic() - t0
+    results = []
+    for i, seed in enumerate(wave):
+        path = None
+        if record[i] and frames[i]:
+            path = Path(video_dir) / f"episode_{first_index + i:03d}_seed{seed}_{'success' if success[i] else 'fail'}.mp4"
+            write_video(path, frames[i], video_fps)
+        results.append(EpisodeResult(env_name, task_name, seed, success[i], total[i], best[i], steps[i], seconds,
+                                     error=errors[i], video_path=str(path) if path else None, predicted_values=values[i]))
+    return results
+
+
+def summarize(results: list[EpisodeResult]) -> dict[str, float]:
+    """Success rate and rewards over finished episodes (errors and budget cut-offs excluded, but counted)."""
+    finished = [r for r in results if r.error is None]
+    out = {
+        "episodes": float(len(finished)),
+        "errors": float(sum(r.error not in (None, "time budget") for r in results)),
+        "unfinished": float(sum(r.error == "time budget" for r in results)),
+    }
+    if finished:
+        out["success_rate"] = float(np.mean([r.success for r in finished]))
+        out["mean_reward"] = float(np.mean([r.total_reward for r in finished]))
+        out["mean_max_reward"] = float(np.mean([r.max_reward for r in finished]))
+    return out
+
+
+def save_results(path: str | Path, results: list[EpisodeResult], extra: dict[str, Any] | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"summary": summarize(results), **(extra or {}), "episodes": [r.to_dict() for r in results]}, indent=1))
+    os.replace(tmp, path)
