@@ -1,0 +1,286 @@
+"""Image pipeline: stored frame (uint8 HWC, raw or encoded) -> model input (float32 CHW in [-1, 1], S×S).
+
+One :class:`ImagePipeline` serves training, validation and deployment; per sample it runs, in order:
+
+1. decode (JPEG/PNG bytes -> uint8 RGB) when the frame is stored encoded;
+2. orientation: ``flip=True`` flips rows (``np.flipud``) for sources stored or rendered upside-down (LIBERO,
+   robosuite and RoboCasa envs render upside-down; the Cosmos datasets store upright frames);
+3. optional JPEG round trip at ``jpeg_quality`` (deployment on benchmarks whose training data is JPEG);
+4. geometry, one resampling: resize to S×S, then either
+   - training augmentation (reference/method.md §7): a random square crop of 90% of the area
+     (side ``round(S·√0.9)``, as torchvision's RandomResizedCrop(scale=(0.9, 0.9), ratio=(1, 1))) resized back to
+     S, then a rotation by U(−5°, 5°) about the centre with black corners; or
+   - the test-time centre crop (``center_crop=True``): side ``int(S·√0.9)`` (212 for S=224), resized back to S;
+   sources more than 1.5× larger than S are first area-resized to S so the warp does not alias;
+5. colour jitter in the official order, brightness U(0.7, 1.3), contrast U(0.6, 1.4), saturation U(0.5, 1.5),
+   hue U(−0.05, 0.05) (fraction of a full turn), on uint8 with saturation at 0/255 after each step;
+6. to float32 CHW, ``x/127.5 − 1``.
+
+The same :class:`AugmentParams` are applied to every image of a sample (all cameras, current and future).
+OpenCV does the pixel work (about 0.5 ms per 224² image here); it is imported on first use.
+
+Test-time presets (reference/method.md §7, ``cosmos_utils.py::prepare_images_for_model``):
+``eval_pipeline("libero")`` / ``"robocasa"``: flip + JPEG q95 + resize + centre crop;
+``"aloha"``: resize + centre crop (no flip, no JPEG).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+CROP_AREA = 0.9
+ROTATION_DEG = 5.0
+BRIGHTNESS = (0.7, 1.3)
+CONTRAST = (0.6, 1.4)
+SATURATION = (0.5, 1.5)
+HUE = (-0.05, 0.05)
+TEST_TIME_PRESETS: dict[str, dict[str, Any]] = {
+    "libero": {"flip": True, "jpeg_quality": 95, "center_crop": True},
+    "robocasa": {"flip": True, "jpeg_quality": 95, "center_crop": True},
+    "aloha": {"flip": False, "jpeg_quality": None, "center_crop": True},
+}
+
+_cv2: Any = None
+
+
+def cv2() -> Any:
+    """The OpenCV module, imported once; a clear error when it is not installed."""
+    global _cv2
+    if _cv2 is None:
+        try:
+            import cv2 as module
+        except ImportError:
+            raise ImportError(
+                "cosmos_lit.images needs OpenCV: pip install opencv-python-headless (or opencv-python)"
+            ) from None
+        module.setNumThreads(1)  # loader workers are the parallelism; OpenCV threads would oversubscribe
+        _cv2 = module
+    return _cv2
+
+
+def is_encoded(frame: Any) -> bool:
+    """True for a stored compressed image: ``bytes`` or a 1-D uint8 array (h5py vlen / padded JPEG row)."""
+    return isinstance(frame, (bytes, bytearray, memoryview)) or (
+        isinstance(frame, np.ndarray) and frame.ndim == 1 and frame.dtype == np.uint8
+    )
+
+
+def decode_image(data: bytes | np.ndarray, reduce: int = 1) -> np.ndarray:
+    """Decode JPEG/PNG bytes to uint8 RGB (H, W, 3).
+
+    Args:
+        data: encoded bytes; trailing zero padding (ALOHA's padded JPEG rows) is fine.
+        reduce: 1, 2, 4 or 8: decode at 1/reduce size (JPEG DCT scaling; much faster for large frames).
+
+    Raises:
+        ValueError: the bytes are not a decodable image.
+    """
+    buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+    flags = {1: cv2().IMREAD_COLOR, 2: cv2().IMREAD_REDUCED_COLOR_2, 4: cv2().IMREAD_REDUCED_COLOR_4,
+             8: cv2().IMREAD_REDUCED_COLOR_8}
+    if reduce not in flags:
+        raise ValueError(f"decode_image: reduce must be 1, 2, 4 or 8, got {reduce}")
+    img = cv2().imdecode(buf, flags[reduce]) if buf.size else None
+    if img is None:
+        head = bytes(buf[:4]).hex() if buf.size else "empty"
+        raise ValueError(f"corrupt or unsupported image bytes ({buf.size} bytes, starting {head}); expected JPEG or PNG")
+    return cv2().cvtColor(img, cv2().COLOR_BGR2RGB)
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+    """Encode uint8 RGB (H, W, 3) as JPEG bytes."""
+    ok, buf = cv2().imencode(".jpg", cv2().cvtColor(_check_rgb(image), cv2().COLOR_RGB2BGR),
+                             [cv2().IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError(f"JPEG encoding failed for an image of shape {image.shape}")
+    return buf.tobytes()
+
+
+def jpeg_round_trip(image: np.ndarray, quality: int = 95) -> np.ndarray:
+    """Encode and decode once, reproducing the artefacts of JPEG-stored training data."""
+    return decode_image(encode_jpeg(image, quality))
+
+
+def _check_rgb(image: Any) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        desc = f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}".strip()
+        raise ValueError(f"expected a uint8 RGB image of shape (H, W, 3), got {desc}")
+    return image
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Training augmentation parameters shared by all images of one sample.
+
+    Attributes:
+        crop_x, crop_y: top-left corner of the square crop, as fractions of the free range [0, S − side].
+        angle: rotation about the image centre, in degrees.
+        brightness, contrast, saturation: multiplicative factors (1 = unchanged).
+        hue: hue shift as a fraction of a full turn.
+    """
+
+    crop_x: float = 0.5
+    crop_y: float = 0.5
+    angle: float = 0.0
+    brightness: float = 1.0
+    contrast: float = 1.0
+    saturation: float = 1.0
+    hue: float = 0.0
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> "AugmentParams":
+        """Draw the ranges of reference/method.md §7 (``use_stronger_image_aug=True``)."""
+        u = rng.random(7)
+        lerp = lambda lo_hi, x: lo_hi[0] + (lo_hi[1] - lo_hi[0]) * float(x)  # noqa: E731
+        return cls(
+            crop_x=float(u[0]),
+            crop_y=float(u[1]),
+            angle=lerp((-ROTATION_DEG, ROTATION_DEG), u[2]),
+            brightness=lerp(BRIGHTNESS, u[3]),
+            contrast=lerp(CONTRAST, u[4]),
+            saturation=lerp(SATURATION, u[5]),
+            hue=lerp(HUE, u[6]),
+        )
+
+
+def train_crop_side(size: int) -> int:
+    """Side of the 90%-area training crop (torchvision RandomResizedCrop rounding): 213 for 224."""
+    return int(round(math.sqrt(CROP_AREA * size * size)))
+
+
+def eval_crop_side(size: int) -> int:
+    """Side of the test-time centre crop, ``int(S·√0.9)``: 212 for 224."""
+    return int(size * math.sqrt(CROP_AREA))
+
+
+def _warp_matrix(src_w: int, src_h: int, size: int, box: tuple[float, float, float], angle: float) -> np.ndarray:
+    """2×3 matrix mapping output pixels to source pixels (pixel centres at integer + 0.5 convention).
+
+    The source is (conceptually) resized to ``size``², cropped to ``box`` = (x0, y0, side) in that resized frame,
+    resized back to ``size``², then rotated by ``angle`` degrees about the centre.
+    """
+    x0, y0, side = box
+    c = (size - 1) / 2.0
+    a = math.radians(angle)
+    cos, sin = math.cos(a), math.sin(a)
+    # output -> un-rotated output (inverse rotation about the centre)
+    rot = np.array([[cos, -sin, c - cos * c + sin * c], [sin, cos, c - sin * c - cos * c], [0, 0, 1]])
+    k = side / size  # un-rotated output -> crop frame -> resized frame
+    crop = np.array([[k, 0, (k - 1) * 0.5 + x0], [0, k, (k - 1) * 0.5 + y0], [0, 0, 1]])
+    sx, sy = src_w / size, src_h / size  # resized frame -> source
+    resize = np.array([[sx, 0, (sx - 1) * 0.5], [0, sy, (sy - 1) * 0.5], [0, 0, 1]])
+    return (resize @ crop @ rot)[:2].astype(np.float32)
+
+
+def _jitter(img: np.ndarray, p: AugmentParams) -> np.ndarray:
+    """Brightness, contrast, saturation, hue (torchvision order and definitions), saturating uint8."""
+    cv = cv2()
+    if p.brightness != 1.0:
+        img = cv.convertScaleAbs(img, alpha=p.brightness)
+    if p.contrast != 1.0:
+        mean = float(cv.cvtColor(img, cv.COLOR_RGB2GRAY).mean())
+        img = cv.addWeighted(img, p.contrast, img, 0.0, (1.0 - p.contrast) * mean)
+    if p.saturation != 1.0:
+        gray = cv.cvtColor(cv.cvtColor(img, cv.COLOR_RGB2GRAY), cv.COLOR_GRAY2RGB)
+        img = cv.addWeighted(img, p.saturation, gray, 1.0 - p.saturation, 0.0)
+    if p.hue != 0.0:
+        hsv = cv.cvtColor(img, cv.COLOR_RGB2HSV_FULL)  # hue as 0..255 for a full turn
+        hsv[..., 0] += np.uint8(int(round(p.hue * 256)) % 256)  # uint8 addition wraps around the circle
+        img = cv.cvtColor(hsv, cv.COLOR_HSV2RGB_FULL)
+    return img
+
+
+def to_tensor(images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
+    """uint8 (n, H, W, 3) or a list of (H, W, 3) -> float32 (n, 3, H, W) in [-1, 1]."""
+    stack = np.ascontiguousarray(np.stack(list(images)) if not isinstance(images, np.ndarray) else images)
+    if stack.ndim == 3:
+        stack = stack[None]
+    x = torch.from_numpy(stack).permute(0, 3, 1, 2).to(torch.float32)
+    return x.div_(127.5).sub_(1.0).contiguous()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Inverse of :func:`to_tensor` for viewing: float (n, 3, H, W) in [-1, 1] -> uint8 (n, H, W, 3)."""
+    x = ((images.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class ImagePipeline:
+    """Stored frames -> model images; see the module docstring for the steps.
+
+    Attributes:
+        image_size: S, output side in pixels.
+        flip: flip rows (source stored/rendered upside-down).
+        jpeg_quality: JPEG round-trip quality, or None for no round trip.
+        center_crop: apply the test-time 90%-area centre crop when no augmentation is given.
+    """
+
+    image_size: int = 224
+    flip: bool = False
+    jpeg_quality: int | None = None
+    center_crop: bool = False
+
+    def __post_init__(self) -> None:
+        if int(self.image_size) <= 0:
+            raise ValueError(f"ImagePipeline: image_size must be positive, got {self.image_size}")
+
+    def frame(self, frame: Any, params: AugmentParams | None = None, flip: bool | None = None) -> np.ndarray:
+        """One stored frame (uint8 HWC, or encoded bytes) -> uint8 (S, S, 3).
+
+        Args:
+            params: training augmentation, or None (then ``center_crop`` decides the geometry).
+            flip: overrides ``self.flip`` for this frame (per-episode orientation).
+        """
+        cv = cv2()
+        img = decode_image(frame) if is_encoded(frame) else _check_rgb(frame)
+        if self.flip if flip is None else flip:
+            img = img[::-1]
+        if self.jpeg_quality is not None:
+            img = jpeg_round_trip(np.ascontiguousarray(img), self.jpeg_quality)
+        s = int(self.image_size)
+        h, w = img.shape[:2]
+        if h > 1.5 * s or w > 1.5 * s:  # area-resize first: a bilinear warp would alias strong downscales
+            img = cv.resize(np.ascontiguousarray(img), (s, s), interpolation=cv.INTER_AREA)
+            h, w = s, s
+        if params is not None:
+            side = train_crop_side(s)
+            box = (round(params.crop_x * (s - side)), round(params.crop_y * (s - side)), side)
+            angle = params.angle
+        elif self.center_crop:
+            side = eval_crop_side(s)
+            box, angle = ((s - side) / 2.0, (s - side) / 2.0, side), 0.0
+        else:
+            box, angle = (0.0, 0.0, s), 0.0
+        if box == (0.0, 0.0, s) and angle == 0.0 and (h, w) == (s, s):
+            out = np.ascontiguousarray(img)
+        elif box == (0.0, 0.0, s) and angle == 0.0:
+            interp = cv.INTER_AREA if h >= s and w >= s else cv.INTER_LINEAR
+            out = cv.resize(np.ascontiguousarray(img), (s, s), interpolation=interp)
+        else:
+            m = _warp_matrix(w, h, s, box, angle)
+            out = cv.warpAffine(np.ascontiguousarray(img), m, (s, s), flags=cv.INTER_LINEAR | cv.WARP_INVERSE_MAP,
+                                borderMode=cv.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        return _jitter(out, params) if params is not None else out
+
+    def __call__(
+        self, frames: Sequence[Any], params: AugmentParams | None = None, flip: bool | Sequence[bool] | None = None
+    ) -> torch.Tensor:
+        """Frames of one sample -> float32 (n, 3, S, S) in [-1, 1], the same ``params`` for every frame."""
+        flips = list(flip) if isinstance(flip, Sequence) else [flip] * len(frames)
+        return to_tensor([self.frame(f, params, fl) for f, fl in zip(frames, flips)])
+
+
+def eval_pipeline(benchmark: str, image_size: int = 224) -> ImagePipeline:
+    """The deployment pipeline of reference/method.md §7 for ``benchmark`` in :data:`TEST_TIME_PRESETS`."""
+    if benchmark not in TEST_TIME_PRESETS:
+        raise ValueError(
+            f"eval_pipeline: unknown benchmark '{benchmark}'; expected one of {', '.join(TEST_TIME_PRESETS)}"
+        )
+    return ImagePipeline(image_size=image_size, **TEST_TIME_PRESETS[benchmark])

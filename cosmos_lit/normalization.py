@@ -1,0 +1,161 @@
+"""Dataset statistics and the min-max normalization of actions and proprio (reference/method.md §2).
+
+Statistics use the official layout: a flat dict of per-dimension lists ::
+
+    {"actions_min": [...], "actions_max": [...], "actions_mean": [...], "actions_std": [...], "actions_median": [...],
+     "proprio_min": [...], ..., "proprio_median": [...]}
+
+computed over the demonstrations only and cached as ``dataset_statistics.json`` next to the data.
+
+Normalization maps each dimension to [-1, 1]::
+
+    x' = 2·(x − min)/(max − min) − 1          x = 0.5·(x' + 1)·(max − min) + min
+
+Constant dimensions (max − min < ``EPS``) have no scale to learn: they normalize to 0 and un-normalize to their
+constant value (``min``), so a stuck gripper or an unused joint never produces inf/NaN. Values outside the
+demonstration range (rollouts normalized with demo statistics) are not clipped.
+
+Every function accepts numpy arrays or torch tensors of shape (..., D) and returns the same kind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+STAT_NAMES = ("min", "max", "mean", "std", "median")
+GROUPS = ("actions", "proprio")
+EPS = 1e-8
+
+
+def _bounds_like(x: Any, stats: Mapping[str, Sequence[float]], group: str) -> tuple[Any, Any]:
+    for name in ("min", "max"):
+        if f"{group}_{name}" not in stats:
+            raise KeyError(f"statistics: missing key '{group}_{name}' (expected keys {group}_min/{group}_max)")
+    lo = np.asarray(stats[f"{group}_min"], dtype=np.float64)
+    hi = np.asarray(stats[f"{group}_max"], dtype=np.float64)
+    if x.shape[-1] != lo.shape[-1]:
+        raise ValueError(
+            f"statistics: '{group}' has {lo.shape[-1]} dimensions but the data has {x.shape[-1]} (last axis)"
+        )
+    try:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            dt = x.dtype if x.is_floating_point() else torch.float32
+            return torch.as_tensor(lo, dtype=dt, device=x.device), torch.as_tensor(hi, dtype=dt, device=x.device)
+    except ImportError:  # pragma: no cover
+        pass
+    dt = x.dtype if np.issubdtype(np.asarray(x).dtype, np.floating) else np.float32
+    return lo.astype(dt), hi.astype(dt)
+
+
+def normalize(x: Any, stats: Mapping[str, Sequence[float]], group: str) -> Any:
+    """Min-max normalize ``x`` (..., D) to [-1, 1] with ``stats[group_min/max]``; constant dims map to 0."""
+    lo, hi = _bounds_like(x, stats, group)
+    span = hi - lo
+    constant = span < EPS
+    safe = span + constant  # 1 where constant: avoids 0/0, result is masked below
+    out = 2.0 * (x - lo) / safe - 1.0
+    if isinstance(out, np.ndarray):
+        return np.where(constant, 0.0, out).astype(out.dtype)
+    return out.masked_fill(constant, 0.0)
+
+
+def unnormalize(x: Any, stats: Mapping[str, Sequence[float]], group: str) -> Any:
+    """Inverse of :func:`normalize`: x = 0.5·(x' + 1)·(max − min) + min (constant dims give ``min``)."""
+    lo, hi = _bounds_like(x, stats, group)
+    return 0.5 * (x + 1.0) * (hi - lo) + lo
+
+
+def compute_statistics(arrays: Mapping[str, Sequence[np.ndarray] | np.ndarray]) -> dict[str, list[float]]:
+    """Per-dimension min/max/mean/std/median of each group.
+
+    Args:
+        arrays: group name (``"actions"``, ``"proprio"``) -> one (T, D) array or a list of (T_i, D) arrays
+            (one per episode); all rows are pooled.
+
+    Returns:
+        ``{f"{group}_{stat}": list of D floats}`` for every group and every stat in :data:`STAT_NAMES`.
+    """
+    stats: dict[str, list[float]] = {}
+    for group, value in arrays.items():
+        parts = [value] if isinstance(value, np.ndarray) else list(value)
+        if not parts:
+            raise ValueError(f"statistics: no '{group}' arrays to compute statistics from")
+        rows = np.concatenate([np.asarray(p, dtype=np.float64).reshape(len(p), -1) for p in parts], axis=0)
+        if rows.shape[0] == 0:
+            raise ValueError(f"statistics: '{group}' has no rows")
+        if not np.isfinite(rows).all():
+            raise ValueError(f"statistics: '{group}' contains NaN or inf values")
+        stats[f"{group}_min"] = rows.min(0).tolist()
+        stats[f"{group}_max"] = rows.max(0).tolist()
+        stats[f"{group}_mean"] = rows.mean(0).tolist()
+        stats[f"{group}_std"] = rows.std(0).tolist()
+        stats[f"{group}_median"] = np.median(rows, axis=0).tolist()
+    return stats
+
+
+def check_statistics(
+    stats: Mapping[str, Sequence[float]], dims: Mapping[str, int], source: str = "statistics"
+) -> None:
+    """Raise ValueError naming ``source`` and the key when a group's stats are missing, non-finite or of wrong length.
+
+    Args:
+        dims: group -> expected number of dimensions, e.g. ``{"actions": 14, "proprio": 14}``.
+    """
+    for group, dim in dims.items():
+        for name in STAT_NAMES:
+            key = f"{group}_{name}"
+            if key not in stats:
+                raise ValueError(f"{source}: missing key '{key}' (expected a list of {dim} floats)")
+            value = stats[key]
+            if not isinstance(value, Sequence) or len(value) != dim:
+                got = len(value) if isinstance(value, Sequence) else type(value).__name__
+                raise ValueError(
+                    f"{source}: key '{key}' has {got} values but the data has {dim} {group} dimensions; "
+                    f"delete the file to recompute it or point to statistics that match this data"
+                )
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value):
+                raise ValueError(f"{source}: key '{key}' contains non-finite or non-numeric values")
+        lo, hi = np.asarray(stats[f"{group}_min"]), np.asarray(stats[f"{group}_max"])
+        if (hi < lo).any():
+            raise ValueError(f"{source}: '{group}_max' is below '{group}_min' at dims {np.nonzero(hi < lo)[0].tolist()}")
+
+
+def load_statistics(path: str | os.PathLike) -> dict[str, list[float]]:
+    """Read a statistics JSON file (official layout); a missing or unreadable file is a clear error."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"statistics file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            stats = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"statistics file {path}: not valid JSON ({e})") from None
+    if not isinstance(stats, dict):
+        raise ValueError(f"statistics file {path}: expected a JSON object of lists, got {type(stats).__name__}")
+    return {k: [float(x) for x in v] if isinstance(v, list) else v for k, v in stats.items()}
+
+
+def save_statistics(path: str | os.PathLike, stats: Mapping[str, Sequence[float]]) -> None:
+    """Write statistics as JSON atomically (temp file in the same folder, then ``os.replace``)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    plain = {k: [float(x) for x in v] for k, v in stats.items()}
+    fd, tmp = tempfile.mkstemp(prefix=".dataset_statistics.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(plain, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
