@@ -1,0 +1,368 @@
+"""ALOHA DataModule: ACT / ALOHA HDF5 episodes, simulated and real (reference/simulators.md §E).
+
+One episode per HDF5 file (``episode_*.hdf5`` or any ``*.hdf5`` under ``data_dir``, recursively)::
+
+    /observations/qpos (T, 14)     proprio: [left 6 joints, left gripper, right 6 joints, right gripper]
+    /action            (T, 14)     absolute joint targets, same layout
+    cameras, per camera one of
+      /observations/images/<cam>       (T, H, W, 3) uint8 raw frames (ACT sim: 'top'; real: cam_high, cam_left_wrist,
+                                       cam_right_wrist, cam_low), or
+                                       (T, padded) uint8 JPEG bytes padded with zeros, with /compress_len
+                                       (n_cams, T) and file attr compress=True (ALOHA 2 / mobile ALOHA recorders), or
+                                       (T,) variable-length uint8 JPEG bytes
+      /observations/video_paths/<cam>  MP4 path relative to the HDF5's folder (Cosmos ALOHA; decord or PyAV)
+      /<primary|wrist_left|wrist_right>_images_jpeg  (T,) vlen JPEG (Cosmos Policy rollout files)
+    file attrs (optional): instruction / task_description / language_instruction; success, success_score (rollouts)
+
+Camera order is the latent-slot order: the Cosmos ALOHA layout is [cam_left_wrist, cam_right_wrist, cam_high]
+(reference/method.md §1); the ACT simulation has only 'top'. ``cameras`` picks them; every file must have them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from cosmos_lit.datamodules.base import EpisodeDataModule, EpisodeReader, EpisodeRef, missing_data_dir
+from cosmos_lit.registry import register
+
+REAL_CAMERAS = ("cam_left_wrist", "cam_right_wrist", "cam_high")
+SIM_CAMERAS = ("top",)
+# Order in which ALOHA recorders write cameras, hence the rows of /compress_len (filtered to the cameras present).
+RECORDER_CAMERA_ORDER = ("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist")
+# Cosmos Policy rollout files store JPEG frames at the top level under these names.
+ROLLOUT_JPEG_KEYS = {
+    "cam_high": "primary_images_jpeg",
+    "top": "primary_images_jpeg",
+    "cam_left_wrist": "wrist_left_images_jpeg",
+    "cam_right_wrist": "wrist_right_images_jpeg",
+}
+INSTRUCTION_ATTRS = ("instruction", "task_description", "language_instruction")
+JPEG_EOI = b"\xff\xd9"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        value = value.reshape(-1)[0] if value.size else ""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    return str(value)
+
+
+def find_hdf5(folder: str) -> list[str]:
+    """``episode_*.hdf5`` files under ``folder`` (recursively), or every ``*.hdf5`` when there are none; sorted."""
+    found: list[str] = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        found += [os.path.join(root, f) for f in files if f.endswith((".hdf5", ".h5"))]
+    episodes = [p for p in found if os.path.basename(p).startswith("episode_")]
+    return sorted(episodes or found)
+
+
+class AlohaEpisodeReader(EpisodeReader):
+    """One ACT/ALOHA episode file; the storage of each camera is detected from the keys present."""
+
+    def _attr(self, names: Sequence[str]) -> Any:
+        attrs = self.handles.h5(self.ref.path).attrs
+        for name in names:
+            if name in attrs:
+                return attrs[name]
+        return None
+
+    def length(self) -> int:
+        return int(self.require("action", "a (T, 14) array of joint targets").shape[0])
+
+    def proprio(self) -> np.ndarray:
+        return np.asarray(self.require("observations/qpos", "a (T, 14) array of joint positions")[()])
+
+    def actions(self) -> np.ndarray:
+        return np.asarray(self.require("action", "a (T, 14) array of joint targets")[()])
+
+    def instruction(self) -> str | None:
+        value = self._attr(INSTRUCTION_ATTRS)
+        return _text(value).strip() or None if value is not None else None
+
+    def success(self) -> float | None:
+        score = self._attr(("success_score",))
+        if score is not None:
+            return float(np.asarray(score).reshape(-1)[0])
+        flag = self._attr(("success",))
+        return None if flag is None else float(bool(np.asarray(flag).reshape(-1)[0]))
+
+    # --- cameras ---
+    def storage(self, camera: str) -> tuple[str, str]:
+        """(kind, key) of a camera: kind in raw | jpeg_padded | jpeg_vlen | video."""
+        cache = self.__dict__.setdefault("_storage", {})
+        if camera in cache:
+            return cache[camera]
+        f = self.handles.h5(self.ref.path)
+        key = f"observations/images/{camera}"
+        if key in f:
+            ds = f[key]
+            if ds.ndim == 4:
+                kind = "raw"
+            elif ds.ndim == 2 and ds.dtype == np.uint8:
+                kind = "jpeg_padded"
+            elif ds.ndim == 1 and ds.dtype.kind == "O":
+                kind = "jpeg_vlen"
+            else:
+                raise self.fail(
+                    f"key '{key}' has shape {ds.shape} dtype {ds.dtype}; expected (T, H, W, 3) uint8 frames, "
+                    f"(T, padded) uint8 JPEG bytes or (T,) variable-length JPEG bytes"
+                )
+        elif f"observations/video_paths/{camera}" in f:
+            kind, key = "video", f"observations/video_paths/{camera}"
+        elif camera in ROLLOUT_JPEG_KEYS and ROLLOUT_JPEG_KEYS[camera] in f:
+            kind, key = "jpeg_vlen", ROLLOUT_JPEG_KEYS[camera]
+        else:
+            have = sorted(f["observations/images"].keys()) if "observations/images" in f else []
+            have += [f"video:{k}" for k in sorted(f["observations/video_paths"].keys())] if "observations/video_paths" in f else []
+            raise self.fail(
+                f"missing key 'observations/images/{camera}' (or 'observations/video_paths/{camera}'); "
+                f"cameras in this file: {', '.join(have) or 'none'}; set data.cameras to match"
+            )
+        cache[camera] = (kind, key)
+        return kind, key
+
+    def video_path(self, camera: str) -> str:
+        _, key = self.storage(camera)
+        rel = _text(self.handles.h5(self.ref.path)[key][()])
+        return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(self.ref.path)), rel))
+
+    def _compress_len_row(self, camera: str) -> int | None:
+        """Row of /compress_len for ``camera``: attr ``camera_names`` if present, else the recorder order."""
+        f = self.handles.h5(self.ref.path)
+        if "compress_len" not in f:
+            return None
+        names = self._attr(("camera_names",))
+        if names is not None:
+            order = [_text(n) for n in np.asarray(names).reshape(-1)]
+        else:
+            present = list(f["observations/images"].keys())
+            order = [c for c in RECORDER_CAMERA_ORDER if c in present] + sorted(
+                c for c in present if c not in RECORDER_CAMERA_ORDER
+            )
+        return order.index(camera) if camera in order else None
+
+    def check(self, cameras: Sequence[str]) -> None:
+        t = self.length()
+        f = self.handles.h5(self.ref.path)
+        for cam in cameras:
+            kind, key = self.storage(cam)
+            if kind == "video":
+                path = self.video_path(cam)
+                if not os.path.isfile(path):
+                    raise self.fail(f"key '{key}' points to {path}, which does not exist (expected an MP4 file)")
+                try:
+                    n = len(self.handles.video(path))
+                except ValueError as e:
+                    raise self.fail(str(e)) from None
+                if n < t:
+                    raise self.fail(f"video {path} of camera '{cam}' has {n} frames; expected {t} (one per step)")
+                continue
+            ds = f[key]
+            if ds.shape[0] != t:
+                raise self.fail(f"key '{key}' has {ds.shape[0]} frames; expected {t} (the length of 'action')")
+            if kind == "raw" and (ds.shape[3] != 3 or ds.dtype != np.uint8):
+                raise self.fail(f"key '{key}' has shape {ds.shape} dtype {ds.dtype}; expected (T, H, W, 3) uint8")
+            if kind == "jpeg_padded":
+                row = self._compress_len_row(cam)
+                if row is not None:
+                    lens = f["compress_len"]
+                    if lens.ndim != 2 or lens.shape[1] != t or row >= lens.shape[0]:
+                        raise self.fail(
+                            f"key 'compress_len' has shape {lens.shape}; expected (n_cams, {t}) with a row for '{cam}'"
+                        )
+
+    def frames(self, camera: str, indices: Sequence[int]) -> list[Any]:
+        kind, key = self.storage(camera)
+        if kind == "video":
+            return self.handles.video(self.video_path(camera)).frames(indices)
+        ds = self.handles.h5(self.ref.path)[key]
+        out = [ds[int(i)] for i in indices]
+        if kind == "jpeg_padded":
+            row = self._compress_len_row(camera)
+            if row is not None:
+                lens = self.handles.h5(self.ref.path)["compress_len"]
+                trimmed = []
+                for i, buf in zip(indices, out):
+                    n = int(lens[row, int(i)])
+                    # trim to the stored length when it marks the JPEG end; otherwise the decoder stops at EOI itself
+                    trimmed.append(buf[:n] if 2 <= n <= len(buf) and bytes(buf[n - 2 : n]) == JPEG_EOI else buf)
+                out = trimmed
+        return out
+
+
+@register("datamodule", "aloha")
+class AlohaDataModule(EpisodeDataModule):
+    """ALOHA (ACT simulation and real robot) HDF5 episodes; see the module docstring for the accepted layouts.
+
+    Defaults follow the official ALOHA run: K = 50, γ = 0.998, 50 Hz, 224², rollouts = the demos
+    (``treat_demos_as_success_rollouts=True``). ``cameras`` defaults to the simulation's ``["top"]``; for the real
+    robot use ``[cam_left_wrist, cam_right_wrist, cam_high]`` (the Cosmos slot order).
+    """
+
+    reader_cls = AlohaEpisodeReader
+    benchmark_name = "aloha"
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        cameras: Sequence[str] = SIM_CAMERAS,
+        image_size: int = 224,
+        chunk_size: int = 50,
+        gamma: float = 0.998,
+        fps: float = 50.0,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        val_fraction: float = 0.01,
+        seed: int = 0,
+        augment: bool = True,
+        eval_center_crop: bool | None = None,
+        demonstration_sampling_prob: float = 0.5,
+        success_rollout_sampling_prob: float = 0.5,
+        treat_demos_as_success_rollouts: bool = True,
+        rollout_dir: str | None = None,
+        instruction: str | None = None,
+        samples_per_epoch: int | None = None,
+        stride: int = 1,
+        statistics_path: str | None = None,
+        flip_images: bool | None = None,
+        proprio_dim: int | None = 14,
+        action_dim: int | None = 14,
+        video_backend: str = "auto",
+        pin_memory: bool = False,
+    ):
+        super().__init__(
+            data_dir=data_dir, cameras=cameras, image_size=image_size, chunk_size=chunk_size, gamma=gamma, fps=fps,
+            batch_size=batch_size, num_workers=num_workers, val_fraction=val_fraction, seed=seed, augment=augment,
+            eval_center_crop=eval_center_crop, demonstration_sampling_prob=demonstration_sampling_prob,
+            success_rollout_sampling_prob=success_rollout_sampling_prob,
+            treat_demos_as_success_rollouts=treat_demos_as_success_rollouts, rollout_dir=rollout_dir,
+            instruction=instruction, samples_per_epoch=samples_per_epoch, stride=stride,
+            statistics_path=statistics_path, flip_images=flip_images, proprio_dim=proprio_dim, action_dim=action_dim,
+            video_backend=video_backend, pin_memory=pin_memory,
+        )
+
+    def find_episodes(self) -> tuple[list[EpisodeRef], list[EpisodeRef]]:
+        expected = (
+            "a folder of ACT/ALOHA episode files (episode_*.hdf5 with /observations/qpos, /action and "
+            "/observations/images/<cam> or /observations/video_paths/<cam>)"
+        )
+        if not self.data_dir or not os.path.isdir(self.data_dir):
+            raise missing_data_dir("aloha", self.data_dir, expected)
+        rollout_root = os.path.abspath(self.rollout_dir) + os.sep if self.rollout_dir else None
+        demos = [
+            EpisodeRef(p) for p in find_hdf5(self.data_dir)
+            if rollout_root is None or not os.path.abspath(p).startswith(rollout_root)
+        ]
+        if not demos:
+            raise FileNotFoundError(f"aloha: no *.hdf5 episode files under {self.data_dir}; expected {expected}")
+        rollouts: list[EpisodeRef] = []
+        if self.rollout_dir is not None:
+            if not os.path.isdir(self.rollout_dir):
+                raise missing_data_dir("aloha rollouts", self.rollout_dir, "a folder of rollout episode files with a "
+                                       "'success' attribute", override="data.rollout_dir")
+            rollouts = [EpisodeRef(p, rollout=True) for p in find_hdf5(self.rollout_dir)]
+            if not rollouts:
+                raise FileNotFoundError(f"aloha: no *.hdf5 rollout files under {self.rollout_dir} (data.rollout_dir)")
+        return demos, rollouts
+
+
+def write_aloha_episode(
+    path: str,
+    qpos: np.ndarray,
+    action: np.ndarray,
+    images: dict[str, np.ndarray],
+    storage: str = "raw",
+    attrs: dict[str, Any] | None = None,
+    jpeg_quality: int = 95,
+    video_gop: int = 10,
+) -> None:
+    """Write one episode in the ACT/ALOHA layout (atomically: temp file, then rename).
+
+    Args:
+        path: the ``.hdf5`` file to write.
+        qpos, action: (T, D) arrays.
+        images: camera -> (T, H, W, 3) uint8 frames.
+        storage: ``raw`` (uint8 frames), ``jpeg`` (zero-padded JPEG rows + /compress_len, attr compress=True, as the
+            ALOHA recorders), ``jpeg_vlen`` (variable-length JPEG bytes) or ``mp4`` (one ``<stem>_<cam>.mp4`` beside
+            the file, referenced by /observations/video_paths/<cam>; H.264, GOP ``video_gop`` for fast random access).
+        attrs: file attributes, e.g. ``{"sim": True, "instruction": "...", "success": True}``.
+    """
+    import tempfile
+
+    import h5py
+
+    from cosmos_lit.images import encode_jpeg
+
+    if storage not in ("raw", "jpeg", "jpeg_vlen", "mp4"):
+        raise ValueError(f"write_aloha_episode: storage must be raw, jpeg, jpeg_vlen or mp4, got '{storage}'")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".episode.", suffix=".hdf5.tmp", dir=folder)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = value
+            f.create_dataset("observations/qpos", data=np.asarray(qpos, np.float32))
+            f.create_dataset("action", data=np.asarray(action, np.float32))
+            cams = list(images)
+            if storage == "raw":
+                for cam in cams:
+                    frames = np.asarray(images[cam], np.uint8)
+                    f.create_dataset(f"observations/images/{cam}", data=frames, chunks=(1, *frames.shape[1:]))
+            elif storage == "jpeg_vlen":
+                vlen = h5py.vlen_dtype(np.uint8)
+                for cam in cams:
+                    ds = f.create_dataset(f"observations/images/{cam}", shape=(len(images[cam]),), dtype=vlen)
+                    for i, frame in enumerate(images[cam]):
+                        ds[i] = np.frombuffer(encode_jpeg(frame, jpeg_quality), np.uint8)
+            elif storage == "jpeg":
+                order = [c for c in RECORDER_CAMERA_ORDER if c in cams] + [c for c in cams if c not in RECORDER_CAMERA_ORDER]
+                encoded = {c: [encode_jpeg(fr, jpeg_quality) for fr in images[c]] for c in order}
+                padded = max(len(b) for c in order for b in encoded[c])
+                lens = np.zeros((len(order), len(images[order[0]])), np.int64)
+                for row, cam in enumerate(order):
+                    data = np.zeros((len(encoded[cam]), padded), np.uint8)
+                    for i, b in enumerate(encoded[cam]):
+                        data[i, : len(b)] = np.frombuffer(b, np.uint8)
+                        lens[row, i] = len(b)
+                    f.create_dataset(f"observations/images/{cam}", data=data, chunks=(1, padded))
+                f.create_dataset("compress_len", data=lens)
+                f.attrs["compress"] = True
+            else:
+                stem = os.path.splitext(os.path.basename(path))[0]
+                for cam in cams:
+                    name = f"{stem}_{cam}.mp4"
+                    _write_mp4(os.path.join(folder, name), np.asarray(images[cam], np.uint8), video_gop)
+                    f.create_dataset(f"observations/video_paths/{cam}", data=name)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_mp4(path: str, frames: np.ndarray, gop: int, fps: int = 50) -> None:
+    """H.264 yuv420p MP4 (even sides required by the codec), written atomically."""
+    import av
+
+    h, w = frames.shape[1:3]
+    if h % 2 or w % 2:
+        raise ValueError(f"mp4 frames must have even height and width for H.264, got {h}x{w}")
+    tmp = path + ".tmp.mp4"
+    with av.open(tmp, "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"g": str(gop), "crf": "18", "preset": "veryfast"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)
