@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cosmos_lit.normalization import normalize, unnormalize
 from cosmos_lit.registry import ConfigError, build
 
 
@@ -48,8 +49,8 @@ class CosmosPolicy:
         planner: planner module; defaults to the task's configured planner.
         num_steps: denoising steps (None: the task's sampling config).
         execute_steps: actions executed open loop per query (None: the whole chunk).
-        image_pipeline: test-time image options for ``cosmos_lit.images.test_time_transform`` (flip, JPEG
-            round trip, centre crop); defaults to plain resize.
+        image_pipeline: test-time image options of ``cosmos_lit.images.ImagePipeline`` (``flip``, ``jpeg_quality``,
+            ``center_crop``) or ``{benchmark: libero|robocasa|aloha}`` for the official preset; default plain resize.
         seed: base seed of the sampling noise; query i uses seed + i (deterministic evaluation).
     """
 
@@ -63,17 +64,20 @@ class CosmosPolicy:
         self.execute_steps = execute_steps or self.spec.chunk_size
         if not 1 <= self.execute_steps <= self.spec.chunk_size:
             raise ConfigError(f"execute_steps: expected 1..{self.spec.chunk_size}, got {self.execute_steps}")
-        self.image_pipeline = dict(image_pipeline or {})
+        from cosmos_lit.images import ImagePipeline, eval_pipeline
+
+        opts = dict(image_pipeline or {})
+        if "benchmark" in opts:
+            self.pipeline = eval_pipeline(opts.pop("benchmark"), self.spec.image_size)
+        else:
+            self.pipeline = ImagePipeline(image_size=self.spec.image_size, **opts)
         self.seed = seed
         self.queries = 0
-        stats = task.statistics
-        try:
-            self._a_min = np.asarray(stats["actions_min"], np.float32)[: self.spec.action_dim]
-            self._a_max = np.asarray(stats["actions_max"], np.float32)[: self.spec.action_dim]
-            self._p_min = np.asarray(stats["proprio_min"], np.float32)
-            self._p_max = np.asarray(stats["proprio_max"], np.float32)
-        except KeyError as e:
-            raise ConfigError(f"checkpoint statistics: missing key {e}") from None
+        self.statistics = {k: list(v) for k, v in task.statistics.items()}
+        if "actions_min" not in self.statistics or "proprio_min" not in self.statistics:
+            raise ConfigError("checkpoint statistics: expected actions_min/max and proprio_min/max")
+        for k in ("actions_min", "actions_max"):  # the model's action may be a prefix (RoboCasa: 7 of 12)
+            self.statistics[k] = self.statistics[k][: self.spec.action_dim]
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str = "cpu", planner: dict[str, Any] | None = None,
@@ -87,22 +91,11 @@ class CosmosPolicy:
         return self.task.device
 
     def _images(self, obs: dict[str, Any]) -> torch.Tensor:
-        from cosmos_lit.images import test_time_transform
-
         imgs = obs["images"]
-        out = []
-        for cam in self.spec.cameras:
-            if cam not in imgs:
-                raise KeyError(f"observation has no image for camera '{cam}' (has: {', '.join(imgs)})")
-            out.append(test_time_transform(np.asarray(imgs[cam]), self.spec.image_size, **self.image_pipeline))
-        return torch.stack(out)
-
-    def _normalize_proprio(self, proprio: np.ndarray) -> np.ndarray:
-        rng = np.where(self._p_max > self._p_min, self._p_max - self._p_min, 1.0)
-        return np.where(self._p_max > self._p_min, 2.0 * (proprio - self._p_min) / rng - 1.0, 0.0)
-
-    def _unnormalize_actions(self, actions: np.ndarray) -> np.ndarray:
-        return 0.5 * (actions + 1.0) * (self._a_max - self._a_min) + self._a_min
+        missing = [c for c in self.spec.cameras if c not in imgs]
+        if missing:
+            raise KeyError(f"observation has no image for camera '{missing[0]}' (has: {', '.join(imgs)})")
+        return self.pipeline([np.asarray(imgs[c]) for c in self.spec.cameras])
 
     @torch.no_grad()
     def __call__(self, observations: list[dict[str, Any]]) -> dict[str, Any]:
@@ -110,11 +103,11 @@ class CosmosPolicy:
         proprio = np.stack([np.asarray(o["proprio"], np.float32) for o in observations])
         if proprio.shape[1] != self.spec.proprio_dim:
             raise ValueError(f"observation proprio has {proprio.shape[1]} dims, the policy expects {self.spec.proprio_dim}")
-        proprio_t = torch.from_numpy(self._normalize_proprio(proprio).astype(np.float32)).to(self.device)
+        proprio_t = torch.from_numpy(normalize(proprio, self.statistics, "proprio").astype(np.float32)).to(self.device)
         instructions = [str(o.get("instruction", "")) for o in observations]
         out = self.planner.plan(self.task, images, proprio_t, instructions, seed=self.seed + self.queries)
         self.queries += 1
-        actions = self._unnormalize_actions(out["actions"].float().cpu().numpy())
+        actions = unnormalize(out["actions"].float().cpu().numpy(), self.statistics, "actions")
         result: dict[str, Any] = {"actions": actions.astype(np.float32), "latents": out["latents"]}
         if "value" in out:
             result["value"] = out["value"].float().cpu().numpy()

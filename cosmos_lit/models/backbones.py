@@ -111,10 +111,17 @@ class BackboneAdapter(L.LightningModule):
 
 
 @register("backbone", "cosmos_predict2_2b")
-def cosmos_predict2_2b(**kwargs: Any) -> BackboneAdapter:
+def cosmos_predict2_2b(
+    pretrained: str | None = None,
+    trust_pickle: bool = False,
+    meta_init: bool = False,
+    gradient_checkpointing: bool = False,
+    attention_backend: str | None = None,
+) -> BackboneAdapter:
     """Cosmos-Predict2-2B Video2World DiT (28 blocks, width 2048, 16 heads); weights from ``pretrained=``."""
-    config = dict(COSMOS_PREDICT2_2B, **kwargs.pop("overrides", {}) or {})
-    return BackboneAdapter(config=config, **kwargs)
+    return BackboneAdapter(config=dict(COSMOS_PREDICT2_2B), pretrained=pretrained, trust_pickle=trust_pickle,
+                           meta_init=meta_init, gradient_checkpointing=gradient_checkpointing,
+                           attention_backend=attention_backend)
 
 
 @register("backbone", "cosmos_predict2_tiny")
@@ -124,7 +131,11 @@ def cosmos_predict2_tiny(
     attention_head_dim: int = 32,
     text_embed_dim: int = 32,
     adaln_lora_dim: int = 16,
-    **kwargs: Any,
+    pretrained: str | None = None,
+    trust_pickle: bool = False,
+    meta_init: bool = False,
+    gradient_checkpointing: bool = False,
+    attention_backend: str | None = None,
 ) -> BackboneAdapter:
     """The Cosmos-Predict2 DiT architecture at toy size (CPU runs and tests); random init unless ``pretrained=``."""
     if attention_head_dim < 12 or attention_head_dim % 2:
@@ -137,4 +148,5 @@ def cosmos_predict2_tiny(
         text_embed_dim=text_embed_dim,
         adaln_lora_dim=adaln_lora_dim,
     )
-    return BackboneAdapter(config=config, **kwargs)
+    return BackboneAdapter(config=config, pretrained=pretrained, trust_pickle=trust_pickle, meta_init=meta_init,
+                           gradient_checkpointing=gradient_checkpointing, attention_backend=attention_backend)

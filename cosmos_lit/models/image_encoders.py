@@ -142,13 +142,17 @@ class WanVAEFrameEncoder(L.LightningModule):
 
 
 @register("image_encoder", "wan2.1")
-def wan21(**kwargs: Any) -> WanVAEFrameEncoder:
+def wan21(pretrained: str | None = None, trust_pickle: bool = False, sequence_form: str = "faithful",
+          normalization: str = "wan", meta_init: bool = False) -> WanVAEFrameEncoder:
     """Wan2.1 VAE (126.9 M params; 16 channels, 8x spatial, 4x causal temporal); weights from ``pretrained=``."""
-    return WanVAEFrameEncoder(config=dict(WAN21_VAE), **kwargs)
+    return WanVAEFrameEncoder(config=dict(WAN21_VAE), pretrained=pretrained, trust_pickle=trust_pickle,
+                              sequence_form=sequence_form, normalization=normalization, meta_init=meta_init)
 
 
 @register("image_encoder", "wan2.1_tiny")
-def wan21_tiny(base_dim: int = 8, num_res_blocks: int = 1, **kwargs: Any) -> WanVAEFrameEncoder:
+def wan21_tiny(base_dim: int = 8, num_res_blocks: int = 1, pretrained: str | None = None, trust_pickle: bool = False,
+               sequence_form: str = "faithful", normalization: str = "data") -> WanVAEFrameEncoder:
     """The Wan2.1 VAE architecture at toy size (same 8x/4x compression); random init unless ``pretrained=``."""
-    kwargs.setdefault("normalization", "data")
-    return WanVAEFrameEncoder(config=dict(WAN21_VAE_TINY, base_dim=base_dim, num_res_blocks=num_res_blocks), **kwargs)
+    return WanVAEFrameEncoder(config=dict(WAN21_VAE_TINY, base_dim=base_dim, num_res_blocks=num_res_blocks),
+                              pretrained=pretrained, trust_pickle=trust_pickle, sequence_form=sequence_form,
+                              normalization=normalization)
