@@ -1,0 +1,635 @@
+"""Scripted expert for gym-aloha TransferCube / Insertion and a writer of ACT-format demo episodes.
+
+Method (ACT's recipe, with our own waypoints and two changes noted below):
+
+1. Load the task's *mocap* scene, where each gripper is welded to a mocap body whose pose is the tool-centre point
+   (TCP, between the finger tips). Place the objects as gym-aloha does for the seed.
+2. Per arm, a table of waypoints ``(t, xyz, quat, gripper)`` built from the object poses; the commands between two
+   waypoints are linear interpolations (quaternion normalised, gripper normalised 0 = closed .. 1 = open).
+3. Each step writes the commands into ``mocap_pos/quat`` and the finger controls; the arm joints the scene
+   reaches, with the gripper entries replaced by the commanded normalised gripper, are the joint targets.
+4. The joint targets drive the joint-space env (``AlohaSimEnv``, same seed). Only episodes that reach reward 4
+   there become demos; their actions replay open loop to the same result.
+
+Changes to ACT's recipe: (a) the joint-space env runs in lockstep with the mocap scene instead of replaying
+afterwards, so later stages are planned from where the objects really are in the env (e.g. where the cube sits
+in the right gripper) and the insertion servoes the peg tip onto the socket axis; (b) the joint targets carry an
+integral of the env's tracking error (see ``run_expert``). Both make the success rate ~100 % under MuJoCo 3.
+
+Episode file layout (ACT, ``record_sim_episodes.py``), T = episode length, S = image size::
+
+    attrs: sim=True, task, seed, instruction, success
+    /observations/images/<cam>  (T, S, S, 3) uint8
+    /observations/qpos          (T, 14) float32
+    /observations/qvel          (T, 14) float32
+    /action                     (T, 14) float32   (action[t] is applied after observing step t)
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from cosmos_lit.envs.aloha import CONTROL_DT, MAX_REWARD, AlohaSimEnv, get_task, load_physics, sample_object_poses
+from cosmos_lit.envs.render import ensure_gl_backend
+
+EXPERT_VERSION = 1  # bump when the waypoint tables change: cached demo folders are then regenerated
+MEET_POINT = np.array([0.0, 0.5, 0.25])  # where the arms hand over / insert, metres (world frame)
+WELD_TORQUESCALE = 3.75
+OPEN, CLOSED = 1.0, 0.0
+ARMS = ("left", "right")
+
+
+# -- small geometry helpers ---------------------------------------------------------------------------------------
+def quat_about_y(angle: float) -> np.ndarray:
+    """Unit quaternion (w, x, y, z) of a rotation by ``angle`` radians about the world y axis."""
+    return np.array([np.cos(angle / 2), 0.0, np.sin(angle / 2), 0.0])
+
+
+def tcp_quat(arm: str, pitch: float) -> np.ndarray:
+    """Mocap orientation that points ``arm``'s fingers toward the table centre, tilted ``pitch`` rad downward.
+
+    With the identity mocap orientation the left gripper points along +x and the right along -x (horizontal,
+    toward each other); ``pitch = pi/2`` points straight down.
+    """
+    return quat_about_y(pitch if arm == "left" else -pitch)
+
+
+@dataclass(frozen=True)
+class Waypoint:
+    t: int  # env step at which the TCP reaches this pose
+    xyz: np.ndarray  # (3,) metres
+    quat: np.ndarray  # (4,) w, x, y, z
+    gripper: float  # normalised, 0 = closed .. 1 = open
+
+
+def interpolate(waypoints: list[Waypoint], t: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Linear interpolation of xyz / quat / gripper at step ``t`` (held constant outside the table)."""
+    if t <= waypoints[0].t:
+        w = waypoints[0]
+        return w.xyz, w.quat, w.gripper
+    for a, b in zip(waypoints[:-1], waypoints[1:]):
+        if a.t <= t <= b.t:
+            f = 0.0 if b.t == a.t else (t - a.t) / (b.t - a.t)
+            quat = (1 - f) * a.quat + f * b.quat
+            return (1 - f) * a.xyz + f * b.xyz, quat / np.linalg.norm(quat), (1 - f) * a.gripper + f * b.gripper
+    w = waypoints[-1]
+    return w.xyz, w.quat, w.gripper
+
+
+# -- the mocap scene --------------------------------------------------------------------------------------------
+class MocapScene:
+    """gym-aloha's end-effector scene, driven by TCP poses; reads back joint positions and object poses."""
+
+    def __init__(self, task: str):
+        ensure_gl_backend()  # before mujoco is imported
+        import mujoco
+        from gym_aloha.tasks import sim_end_effector
+
+        self._mujoco = mujoco
+        self.task = get_task(task)
+        self.physics = load_physics(self.task.mocap_xml)
+        m = self.physics.model
+        # MuJoCo >= 3 changed weld-constraint scaling (mujoco#1483): the mocap welds became too soft in rotation
+        # and the grippers lag ~10 cm behind; a larger torquescale (eq_data[:, 10]) restores a stiff weld.
+        m.eq_data[:2, 10] = WELD_TORQUESCALE
+        self.n_substeps = int(round(CONTROL_DT / m.opt.timestep))
+        self._object_adr = [int(m.jnt_qposadr[m.name2id(j, "joint")]) for j in self.task.object_joints]
+        reward_task = {"transfer_cube": "TransferCubeEndEffectorTask", "insertion": "InsertionEndEffectorTask"}
+        self._reward_task = getattr(sim_end_effector, reward_task[self.task.name])()
+        self._gripper_body = {arm: m.name2id(f"vx300s_{arm}/gripper_link", "body") for arm in ARMS}
+
+    def reset(self, seed: int) -> None:
+        from gym_aloha.constants import START_ARM_POSE, normalize_puppet_gripper_position
+
+        p = self.physics
+        poses = sample_object_poses(self.task.name, seed).reshape(-1, 7)
+        with p.reset_context():
+            p.data.qpos[:16] = START_ARM_POSE
+            for adr, pose in zip(self._object_adr, poses):
+                p.data.qpos[adr : adr + 7] = pose
+        for i, arm in enumerate(ARMS):
+            xyz, quat = self._weld_consistent_tcp(i, arm)
+            p.data.mocap_pos[i], p.data.mocap_quat[i] = xyz, quat
+        self.start_gripper = float(normalize_puppet_gripper_position(START_ARM_POSE[6]))
+        self._set_grippers(self.start_gripper, self.start_gripper)
+        p.forward()
+
+    def _weld_consistent_tcp(self, i: int, arm: str) -> tuple[np.ndarray, np.ndarray]:
+        """Mocap pose at which weld ``i`` is satisfied by the gripper's current pose (so nothing jumps at t=0)."""
+        mj, m, d = self._mujoco, self.physics.model.ptr, self.physics.data.ptr
+        b = self._gripper_body[arm]
+        inv_pos, inv_quat = np.zeros(3), np.zeros(4)
+        mj.mju_negPose(inv_pos, inv_quat, m.eq_data[i, 3:6], m.eq_data[i, 6:10])  # relpose: gripper in mocap frame
+        pos, quat = np.zeros(3), np.zeros(4)
+        mj.mju_mulPose(pos, quat, d.xpos[b], d.xquat[b], inv_pos, inv_quat)
+        return pos, quat
+
+    def _set_grippers(self, left: float, right: float) -> None:
+        from gym_aloha.constants import unnormalize_puppet_gripper_position
+
+        ctrl = [unnormalize_puppet_gripper_position(g) for g in (left, right)]
+        self.physics.data.ctrl[:] = [ctrl[0], -ctrl[0], ctrl[1], -ctrl[1]]
+
+    def tcp(self, arm: str) -> tuple[np.ndarray, np.ndarray]:
+        """Current commanded TCP (mocap) pose of ``arm``: xyz (3,), quat (4,)."""
+        i = ARMS.index(arm)
+        return self.physics.data.mocap_pos[i].copy(), self.physics.data.mocap_quat[i].copy()
+
+    def object_pose(self, k: int) -> np.ndarray:
+        """(7,) xyz + wxyz of the task's ``k``-th object."""
+        adr = self._object_adr[k]
+        return self.physics.data.qpos[adr : adr + 7].copy()
+
+    def step(self, commands: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
+        """Apply TCP commands {arm: (xyz, quat, gripper)} for one env step; return the (14,) action reached."""
+        p = self.physics
+        for i, arm in enumerate(ARMS):
+            p.data.mocap_pos[i], p.data.mocap_quat[i] = commands[arm][0], commands[arm][1]
+        self._set_grippers(commands["left"][2], commands["right"][2])
+        p.step(self.n_substeps)
+        q = p.data.qpos
+        return np.concatenate([q[0:6], [commands["left"][2]], q[8:14], [commands["right"][2]]]).astype(np.float32)
+
+    def reward(self) -> float:
+        return float(self._reward_task.get_reward(self.physics))
+
+    def close(self) -> None:
+        self.physics.free()
+
+
+# -- the experts ---------------------------------------------------------------------------------------------------
+Command = tuple[np.ndarray, np.ndarray, float]  # TCP xyz (3,), quat (4,), normalised gripper
+
+
+class WaypointExpert:
+    """Per-arm waypoint tables, (re)built at the start of each stage; optional per-step TCP corrections.
+
+    A stage builder sees the mocap scene (commanded TCPs, for continuity) and the joint-space env (where the
+    objects really are) and returns new waypoints per arm; they replace the arm's waypoints from their first time.
+    """
+
+    stage_starts: tuple[int, ...] = ()
+
+    def __init__(self) -> None:
+        self.tables: dict[str, list[Waypoint]] = {arm: [] for arm in ARMS}
+
+    def build_stage(self, k: int, scene: MocapScene, env: AlohaSimEnv) -> dict[str, list[Waypoint]]:
+        raise NotImplementedError
+
+    def correction(self, t: int, env: AlohaSimEnv) -> dict[str, np.ndarray]:
+        """xyz offsets (3,) added to the arms' commands at step ``t`` (feedback on the real object poses)."""
+        return {}
+
+    def commands(self, t: int, scene: MocapScene, env: AlohaSimEnv) -> dict[str, Command]:
+        if t in self.stage_starts:
+            for arm, wps in self.build_stage(self.stage_starts.index(t), scene, env).items():
+                self.tables[arm] = [w for w in self.tables[arm] if w.t < wps[0].t] + wps
+        cmds = {arm: interpolate(self.tables[arm], t + 1) for arm in ARMS}
+        for arm, offset in self.correction(t, env).items():
+            xyz, quat, g = cmds[arm]
+            cmds[arm] = (xyz + offset, quat, g)
+        return cmds
+
+
+def _hold(scene: MocapScene, arm: str, t: int, gripper: float) -> Waypoint:
+    xyz, quat = scene.tcp(arm)
+    return Waypoint(t, xyz, quat, gripper)
+
+
+def _object_pose(env: AlohaSimEnv, k: int) -> np.ndarray:
+    return env.object_state()[7 * k : 7 * k + 7].copy()
+
+
+class TransferCubeExpert(WaypointExpert):
+    """Right arm picks the cube and carries it to the meet point; the left arm takes it; the right lets go.
+
+    Args:
+        pick_pitch / take_pitch: right / left gripper tilt below horizontal, radians.
+        grasp_offset: right TCP minus cube centre (upper right part of the cube, so its left half stays free).
+        take_offset: left TCP minus cube centre at the hand-over.
+    """
+
+    stage_starts = (0, 230)
+
+    def __init__(
+        self,
+        pick_pitch: float = np.deg2rad(60),
+        take_pitch: float = 0.0,
+        grasp_offset: tuple[float, float, float] = (0.012, 0.0, 0.015),
+        take_offset: tuple[float, float, float] = (-0.015, 0.0, -0.008),
+    ):
+        super().__init__()
+        self.pick_pitch, self.take_pitch = pick_pitch, take_pitch
+        self.grasp_offset, self.take_offset = np.asarray(grasp_offset), np.asarray(take_offset)
+
+    def build_stage(self, k: int, scene: MocapScene, env: AlohaSimEnv) -> dict[str, list[Waypoint]]:
+        cube = _object_pose(env, 0)[:3]
+        if k == 0:  # pick up and carry to the meet point
+            cube[2] = 0.02  # resting height: it spawns 3 cm above the table and falls first
+            q, g0, grasp = tcp_quat("right", self.pick_pitch), scene.start_gripper, cube + self.grasp_offset
+            right = [
+                _hold(scene, "right", 0, g0),
+                Waypoint(80, grasp + [0, 0, 0.08], q, OPEN),
+                Waypoint(120, grasp, q, OPEN),
+                Waypoint(140, grasp, q, CLOSED),
+                Waypoint(150, grasp, q, CLOSED),
+                Waypoint(220, MEET_POINT + self.grasp_offset, q, CLOSED),
+            ]
+            left = [_hold(scene, "left", 0, g0), Waypoint(150, MEET_POINT + [-0.2, 0, 0.05], tcp_quat("left", self.take_pitch), OPEN)]
+            return {"left": left, "right": right}
+        # hand-over, aimed at where the right gripper really holds the cube
+        q, take = tcp_quat("left", self.take_pitch), cube + self.take_offset
+        left = [
+            _hold(scene, "left", 230, OPEN),
+            Waypoint(260, take + [-0.08, 0, 0], q, OPEN),
+            Waypoint(290, take, q, OPEN),
+            Waypoint(305, take, q, CLOSED),
+            Waypoint(340, take, q, CLOSED),
+            Waypoint(380, take + [-0.06, 0, 0.02], q, CLOSED),
+        ]
+        xyz, quat = scene.tcp("right")
+        right = [
+            Waypoint(230, xyz, quat, CLOSED),
+            Waypoint(310, xyz, quat, CLOSED),
+            Waypoint(325, xyz, quat, OPEN),
+            Waypoint(370, xyz + [0.08, 0, 0.06], quat, OPEN),
+        ]
+        return {"left": left, "right": right}
+
+
+class InsertionExpert(WaypointExpert):
+    """Right arm picks the peg, left arm the socket; both go to the meet point; the peg slides into the socket.
+
+    While the peg approaches, the right TCP is servoed so that the peg's tip stays on the socket's axis (the peg
+    tilts a few degrees in the gripper, which moves its tip by millimetres; the socket leaves 8 mm of play).
+
+    Args:
+        pitch: both grippers' tilt below horizontal, radians.
+        peg_grasp / socket_grasp: TCP minus object centre (the peg is held right of centre: its left end goes in).
+        socket_at: socket centre during the insertion, metres.
+        push_to: final x distance of the peg centre from the socket centre (the pin's end is 0.10 away).
+        servo_gain: fraction of the tip's off-axis error corrected per step.
+    """
+
+    stage_starts = (0, 235)
+    PEG_HALF_LENGTH = 0.06
+
+    def __init__(
+        self,
+        pitch: float = np.deg2rad(60),
+        peg_grasp: tuple[float, float, float] = (0.03, 0.0, 0.008),
+        socket_grasp: tuple[float, float, float] = (-0.03, 0.0, 0.012),
+        socket_at: tuple[float, float, float] = (-0.1, 0.5, 0.22),
+        push_to: float = 0.08,
+        servo_gain: float = 0.1,
+    ):
+        super().__init__()
+        self.pitch, self.push_to, self.servo_gain = pitch, push_to, servo_gain
+        self.peg_grasp, self.socket_grasp, self.socket_at = map(np.asarray, (peg_grasp, socket_grasp, socket_at))
+        self._offset = np.zeros(3)
+
+    def build_stage(self, k: int, scene: MocapScene, env: AlohaSimEnv) -> dict[str, list[Waypoint]]:
+        peg, socket = _object_pose(env, 0)[:3], _object_pose(env, 1)[:3]
+        if k == 0:  # pick both up and carry them to either side of the meet point
+            peg[2], socket[2] = 0.01, 0.022  # resting heights
+            arms = {}
+            for arm, obj, off in (("right", peg, self.peg_grasp), ("left", socket, self.socket_grasp)):
+                q = tcp_quat(arm, self.pitch)
+                arms[arm] = [
+                    _hold(scene, arm, 0, scene.start_gripper),
+                    Waypoint(90, obj + off + [0, 0, 0.08], q, OPEN),
+                    Waypoint(130, obj + off, q, OPEN),
+                    Waypoint(150, obj + off, q, CLOSED),
+                    Waypoint(160, obj + off, q, CLOSED),
+                ]
+            arms["left"].append(Waypoint(220, self.socket_at + self.socket_grasp, tcp_quat("left", self.pitch), CLOSED))
+            arms["right"].append(Waypoint(220, self.socket_at + [0.2, 0, 0] + self.peg_grasp, tcp_quat("right", self.pitch), CLOSED))
+            return arms
+        # line the peg up with where the socket really is, then push it in
+        peg_xyz, peg_q = scene.tcp("right")
+        sock_xyz, sock_q = scene.tcp("left")
+        peg_in_hand = peg - peg_xyz
+        right = [
+            Waypoint(235, peg_xyz, peg_q, CLOSED),
+            Waypoint(270, socket + [0.14, 0, 0] - peg_in_hand, peg_q, CLOSED),  # tip 2 cm before the mouth
+            Waypoint(330, socket + [self.push_to, 0, 0] - peg_in_hand, peg_q, CLOSED),
+        ]
+        left = [Waypoint(235, sock_xyz, sock_q, CLOSED), Waypoint(330, sock_xyz, sock_q, CLOSED)]
+        return {"left": left, "right": right}
+
+    def correction(self, t: int, env: AlohaSimEnv) -> dict[str, np.ndarray]:
+        if t < self.stage_starts[1]:
+            return {}
+        import mujoco
+
+        peg, socket = _object_pose(env, 0), _object_pose(env, 1)
+        peg_rot, socket_rot = np.zeros(9), np.zeros(9)
+        mujoco.mju_quat2Mat(peg_rot, peg[3:])
+        mujoco.mju_quat2Mat(socket_rot, socket[3:])
+        socket_rot = socket_rot.reshape(3, 3)
+        tip = peg[:3] + peg_rot.reshape(3, 3)[:, 0] * -self.PEG_HALF_LENGTH  # left end of the peg
+        tip_in_socket = socket_rot.T @ (tip - socket[:3])
+        off_axis = socket_rot @ np.array([0.0, tip_in_socket[1], tip_in_socket[2]])
+        self._offset -= self.servo_gain * off_axis
+        return {"right": self._offset.copy()}
+
+
+EXPERTS: dict[str, Callable[..., WaypointExpert]] = {"transfer_cube": TransferCubeExpert, "insertion": InsertionExpert}
+
+
+# -- expert rollout and replay --------------------------------------------------------------------------------------
+ARM_JOINTS = np.r_[0:6, 7:13]  # action entries that are arm joints (6 and 13 are the grippers)
+
+
+@dataclass
+class ExpertEpisode:
+    """What the expert did in the joint-space env for one seed (T steps)."""
+
+    task: str
+    seed: int
+    actions: np.ndarray  # (T, 14) float32 joint targets, as sent to AlohaSimEnv.step
+    rewards: np.ndarray  # (T,) float32 reward after each action
+    qpos: np.ndarray  # (T, 14) float32 joint positions observed before each action
+    qvel: np.ndarray  # (T, 14) float32
+    images: dict[str, np.ndarray]  # {camera: (T, S, S, 3) uint8} observed before each action; empty if not rendered
+
+    @property
+    def success(self) -> bool:
+        return bool(self.rewards.max() >= MAX_REWARD)
+
+
+def run_expert(
+    task: str,
+    seed: int,
+    episode_len: int = 400,
+    *,
+    scene: MocapScene | None = None,
+    env: AlohaSimEnv | None = None,
+    expert: WaypointExpert | None = None,
+    render: bool = False,
+    integral_gain: float = 0.2,
+) -> ExpertEpisode:
+    """Run the scripted expert and the joint-space env side by side; record what the env saw and did.
+
+    Every step the mocap scene moves the TCPs as the expert commands and yields the joint positions q* that reach
+    them (the scene is the inverse kinematics); the env receives ``q*`` plus an integral of its past tracking error
+    on the arm joints. The arms' position servos have large joint friction (the wrist's deadband is ~0.6 rad) and
+    no gravity compensation, so sending plain ``q*`` lands centimetres off; the integral term removes that
+    steady-state error. The recorded actions are exactly what the env executed, so an open-loop replay of them
+    from ``env.reset(seed)`` reproduces the episode (MuJoCo is deterministic; rendering does not touch physics).
+
+    Args:
+        render: also record the images of ``env.cameras`` (else the physics runs alone).
+    """
+    own_scene, own_env = scene is None, env is None
+    scene = scene or MocapScene(task)
+    env = env or AlohaSimEnv(task=task, max_steps=episode_len)
+    expert = expert or EXPERTS[get_task(task).name]()
+    T, S = episode_len, env.image_size
+    try:
+        scene.reset(seed)
+        obs = env.reset(seed) if render else env.reset_scene(seed)
+        actions, rewards = np.zeros((T, 14), np.float32), np.zeros(T, np.float32)
+        qpos, qvel = np.zeros((T, 14), np.float32), np.zeros((T, 14), np.float32)
+        images = {c: np.zeros((T, S, S, 3), np.uint8) for c in env.cameras} if render else {}
+        integral = np.zeros(14)
+        for t in range(T):
+            qpos[t], qvel[t] = env.joint_positions(), env.joint_velocities()
+            target = scene.step(expert.commands(t, scene, env)).astype(np.float64)
+            actions[t] = target + integral
+            if render:
+                for c in env.cameras:
+                    images[c][t] = obs["images"][c]
+                obs, rewards[t], _, _ = env.step(actions[t])
+            else:
+                rewards[t] = env.step_physics(actions[t])
+            error = target - env.joint_positions()
+            integral[ARM_JOINTS] = np.clip(integral[ARM_JOINTS] + integral_gain * error[ARM_JOINTS], -0.5, 0.5)
+        return ExpertEpisode(task, seed, actions, rewards, qpos, qvel, images)
+    finally:
+        if own_scene:
+            scene.close()
+        if own_env:
+            env.close()
+
+
+def replay(env: AlohaSimEnv, seed: int, actions: np.ndarray) -> np.ndarray:
+    """Step ``actions`` (T, 14) open loop from ``env.reset(seed)`` (rendering as the env does); return rewards (T,)."""
+    env.reset(seed)
+    return np.array([env.step(a)[1] for a in actions], np.float32)
+
+
+# -- demo episodes --------------------------------------------------------------------------------------------------
+MANIFEST = "manifest.json"
+FORMAT = "act_sim_hdf5/1"
+
+
+def write_episode(path: Path, episode: ExpertEpisode, instruction: str, compression: str | None = None) -> None:
+    """Write one ACT-format episode to ``path`` atomically (temp file in the same folder, then ``os.replace``)."""
+    import h5py
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(sim=True, task=episode.task, seed=episode.seed, instruction=instruction, success=episode.success)
+            obs = f.create_group("observations")
+            images = obs.create_group("images")
+            for cam, frames in episode.images.items():
+                images.create_dataset(cam, data=frames, chunks=(1, *frames.shape[1:]), compression=compression)
+            obs.create_dataset("qpos", data=episode.qpos)
+            obs.create_dataset("qvel", data=episode.qvel)
+            f.create_dataset("action", data=episode.actions)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_WORKER_STATE: dict[tuple, tuple[MocapScene, AlohaSimEnv]] = {}
+
+
+def _record_seed(job: dict[str, Any]) -> dict[str, Any]:
+    """Worker: run the expert for one seed with rendering; if it succeeds, write a hidden temp episode file."""
+    ensure_gl_backend()
+    start = time.perf_counter()
+    key = (job["task"], job["image_size"], tuple(job["cameras"]), job["fast_render"], job["episode_len"])
+    if key not in _WORKER_STATE:
+        env = AlohaSimEnv(job["task"], tuple(job["cameras"]), job["image_size"], job["episode_len"], job["fast_render"])
+        _WORKER_STATE[key] = (MocapScene(job["task"]), env)
+    scene, env = _WORKER_STATE[key]
+    episode = run_expert(job["task"], job["seed"], job["episode_len"], scene=scene, env=env, render=True)
+    tmp_path = None
+    if episode.success:
+        tmp_path = Path(job["out_dir"]) / f".seed_{job['seed']}.hdf5"
+        write_episode(tmp_path, episode, env.instruction, job["compression"])
+    return {
+        "seed": job["seed"],
+        "success": episode.success,
+        "max_reward": float(episode.rewards.max()),
+        "tmp_path": str(tmp_path) if tmp_path else None,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _pool_init() -> None:
+    ensure_gl_backend()
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def generate_demos(
+    out_dir: str | os.PathLike,
+    task: str = "transfer_cube",
+    num_episodes: int = 20,
+    seed0: int = 0,
+    image_size: int = 224,
+    cameras: tuple[str, ...] | list[str] = ("top",),
+    fast_render: bool = True,
+    num_workers: int = 2,
+    *,
+    episode_len: int = 400,
+    max_attempts: int | None = None,
+    compression: str | None = None,
+    verbose: bool = True,
+) -> list[Path]:
+    """Write ``num_episodes`` successful expert episodes ``episode_{i}.hdf5`` (ACT format) into ``out_dir``.
+
+    Seeds ``seed0, seed0 + 1, ...`` are tried in order; failed ones are skipped, so episode ``i`` holds the
+    ``i``-th successful seed (its ``seed`` attribute; ``AlohaSimEnv.reset(seed)`` rebuilds the same scene).
+    A ``manifest.json`` records the parameters: when it matches and every file exists the folder is reused as is;
+    otherwise the folder's episodes are regenerated (with a message saying why).
+
+    Args:
+        num_workers: processes (``spawn``) that run seeds in parallel; ``<= 1`` runs in this process.
+        episode_len: steps per episode (ACT: 400 at 50 Hz).
+        max_attempts: give up (ValueError) after this many seeds; default ``2 * num_episodes + 10``.
+        compression: HDF5 filter for the images (``None`` = raw, as ACT; ``"lzf"`` or ``"gzip"``).
+    Returns:
+        the episode paths, in index order.
+    """
+    task_info = get_task(task)
+    cameras = [cameras] if isinstance(cameras, str) else list(cameras)
+    if num_episodes < 1 or image_size < 1 or episode_len < 1 or not cameras:
+        raise ValueError(
+            f"generate_demos: need num_episodes, image_size, episode_len >= 1 and at least one camera; got "
+            f"num_episodes={num_episodes}, image_size={image_size}, episode_len={episode_len}, cameras={cameras}"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    say = print if verbose else (lambda *a, **k: None)
+    params = {
+        "format": FORMAT,
+        "expert_version": EXPERT_VERSION,
+        "task": task_info.name,
+        "num_episodes": int(num_episodes),
+        "seed0": int(seed0),
+        "image_size": int(image_size),
+        "cameras": cameras,
+        "fast_render": bool(fast_render),
+        "episode_len": int(episode_len),
+        "compression": compression,
+    }
+    paths = [out / f"episode_{i}.hdf5" for i in range(num_episodes)]
+    manifest_path = out / MANIFEST
+    old = _read_manifest(manifest_path)
+    if old is not None and old.get("params") == params and all(p.exists() for p in paths):
+        say(f"[aloha demos] reusing {num_episodes} {task} episodes in {out} (manifest matches)")
+        return paths
+    ours = sorted(out.glob("episode_*.hdf5"))
+    if old is None and ours:
+        raise FileExistsError(
+            f"{out} holds {len(ours)} episode_*.hdf5 files but no {MANIFEST}: they were not written by "
+            f"generate_demos, so they are left alone; pick an empty or new folder"
+        )
+    if old is not None:
+        changed = sorted(k for k in set(params) | set(old.get("params", {})) if params.get(k) != old.get("params", {}).get(k))
+        why = f"parameters changed: {', '.join(changed)}" if changed else "episode files are missing"
+        say(f"[aloha demos] regenerating {out}: {why}")
+        manifest_path.unlink()
+    for stale in ours + sorted(out.glob(".seed_*.hdf5")):
+        stale.unlink()
+
+    max_attempts = max_attempts or 2 * num_episodes + 10
+    job = dict(params, out_dir=str(out))
+    start = time.perf_counter()
+    kept: dict[int, dict[str, Any]] = {}  # seed -> result
+    attempted: list[dict[str, Any]] = []
+    next_seed = seed0
+    pool = mp.get_context("spawn").Pool(num_workers, initializer=_pool_init) if num_workers > 1 else None
+    progress = _progress(verbose)
+    try:
+        bar = progress.add_task(f"{task} demos", total=num_episodes) if progress else None
+        while len(kept) < num_episodes:
+            if len(attempted) >= max_attempts:
+                raise ValueError(
+                    f"generate_demos: only {len(kept)}/{num_episodes} successful {task} episodes after "
+                    f"{len(attempted)} seeds (from {seed0}); raise max_attempts or check the expert"
+                )
+            n = min(num_episodes - len(kept), max_attempts - len(attempted))
+            jobs = [dict(job, seed=s) for s in range(next_seed, next_seed + n)]
+            next_seed += n
+            results = pool.imap(_record_seed, jobs) if pool else map(_record_seed, jobs)
+            for r in results:
+                attempted.append(r)
+                if r["success"]:
+                    kept[r["seed"]] = r
+                    if progress:
+                        progress.update(bar, completed=len(kept))
+    finally:
+        if pool:
+            pool.terminate()
+            pool.join()
+        if progress:
+            progress.stop()
+    # Episode i = i-th successful seed; every file was written atomically, renaming is atomic too.
+    for i, seed in enumerate(sorted(kept)):
+        os.replace(kept[seed]["tmp_path"], paths[i])
+    elapsed = time.perf_counter() - start
+    successes = sum(r["success"] for r in attempted)
+    manifest = {
+        "params": params,
+        "seeds": sorted(kept),
+        "instruction": task_info.instruction,
+        "attempted_seeds": len(attempted),
+        "success_rate": successes / len(attempted),
+        "seconds": round(elapsed, 2),
+        "seconds_per_attempt": round(sum(r["seconds"] for r in attempted) / len(attempted), 3),
+        "failed_seeds": [{"seed": r["seed"], "max_reward": r["max_reward"]} for r in attempted if not r["success"]],
+    }
+    _write_json_atomic(manifest_path, manifest)
+    say(
+        f"[aloha demos] wrote {num_episodes} {task} episodes to {out} in {elapsed:.1f} s "
+        f"(expert success {successes}/{len(attempted)}, {manifest['seconds_per_attempt']:.2f} s per episode per worker)"
+    )
+    return paths
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    except ImportError:  # pragma: no cover - rich is a dependency
+        return None
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    progress.start()
+    return progress
