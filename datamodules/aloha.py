@@ -128,9 +128,13 @@ class AlohaEpisodeReader(EpisodeReader):
         return kind, key
 
     def video_path(self, camera: str) -> str:
-        _, key = self.storage(camera)
-        rel = _text(self.handles.h5(self.ref.path)[key][()])
-        return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(self.ref.path)), rel))
+        """Absolute path of a camera's MP4 (stored relative to the HDF5's folder); read once per reader."""
+        cache = self.__dict__.setdefault("_video_paths", {})
+        if camera not in cache:
+            _, key = self.storage(camera)
+            rel = _text(self.handles.h5(self.ref.path)[key][()])
+            cache[camera] = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(self.ref.path)), rel))
+        return cache[camera]
 
     def _compress_len_row(self, camera: str) -> int | None:
         """Row of /compress_len for ``camera``: attr ``camera_names`` if present, else the recorder order."""
@@ -146,6 +150,15 @@ class AlohaEpisodeReader(EpisodeReader):
                 c for c in present if c not in RECORDER_CAMERA_ORDER
             )
         return order.index(camera) if camera in order else None
+
+    def _compress_lens(self, camera: str) -> np.ndarray | None:
+        """Stored JPEG byte counts (T,) of ``camera`` (read once per reader), or None without /compress_len."""
+        cache = self.__dict__.setdefault("_lens", {})
+        if camera not in cache:
+            row = self._compress_len_row(camera)
+            lens = self.handles.h5(self.ref.path)["compress_len"] if row is not None else None
+            cache[camera] = None if lens is None or row >= lens.shape[0] else np.asarray(lens[row])
+        return cache[camera]
 
     def check(self, cameras: Sequence[str]) -> None:
         t = self.length()
@@ -181,15 +194,14 @@ class AlohaEpisodeReader(EpisodeReader):
         kind, key = self.storage(camera)
         if kind == "video":
             return self.handles.video(self.video_path(camera)).frames(indices)
-        ds = self.handles.h5(self.ref.path)[key]
+        ds = self.handles.h5_dataset(self.ref.path, key)
         out = [ds[int(i)] for i in indices]
         if kind == "jpeg_padded":
-            row = self._compress_len_row(camera)
-            if row is not None:
-                lens = self.handles.h5(self.ref.path)["compress_len"]
+            lens = self._compress_lens(camera)
+            if lens is not None:
                 trimmed = []
                 for i, buf in zip(indices, out):
-                    n = int(lens[row, int(i)])
+                    n = int(lens[int(i)])
                     # trim to the stored length when it marks the JPEG end; otherwise the decoder stops at EOI itself
                     trimmed.append(buf[:n] if 2 <= n <= len(buf) and bytes(buf[n - 2 : n]) == JPEG_EOI else buf)
                 out = trimmed

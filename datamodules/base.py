@@ -148,10 +148,12 @@ class HandleCache:
         self.video_backend = video_backend
         self._pid = os.getpid()
         self._open: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._datasets: dict[tuple[str, str], Any] = {}
 
     def _get(self, kind: str, path: str, opener: Any) -> Any:
         if os.getpid() != self._pid:  # forked copy: drop (do not close) the parent's handles
             self._open = OrderedDict()
+            self._datasets = {}
             self._pid = os.getpid()
         key = (kind, path)
         handle = self._open.get(key)
@@ -159,7 +161,8 @@ class HandleCache:
             handle = opener(path)
             self._open[key] = handle
             while len(self._open) > self.max_open:
-                _, old = self._open.popitem(last=False)
+                (_, old_path), old = self._open.popitem(last=False)
+                self._datasets = {k: v for k, v in self._datasets.items() if k[0] != old_path}
                 old.close()
         else:
             self._open.move_to_end(key)
@@ -179,6 +182,14 @@ class HandleCache:
 
         return self._get("h5", path, opener)
 
+    def h5_dataset(self, path: str, key: str) -> Any:
+        """``h5(path)[key]``, with the h5py object cached (a group lookup costs ~0.1 ms)."""
+        f = self.h5(path)
+        ds = self._datasets.get((path, key))
+        if ds is None:
+            ds = self._datasets[(path, key)] = f[key]
+        return ds
+
     def video(self, path: str) -> Any:
         """A :class:`cosmos_lit.video.VideoReader` for ``path``."""
         from cosmos_lit.video import VideoReader
@@ -192,6 +203,7 @@ class HandleCache:
             except Exception:  # pragma: no cover - closing is best effort
                 pass
         self._open.clear()
+        self._datasets.clear()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"max_open": self.max_open, "video_backend": self.video_backend}
