@@ -31,7 +31,8 @@ def test_wire_format_round_trips_numpy_without_pickling_numpy_types():
 def test_worker_entry_point_imports_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now raises ImportError
-        "import cosmos_lit.envs.worker, cosmos_lit.envs.debug_env, cosmos_lit.envs.aloha, cosmos_lit.envs.aloha_expert\n"
+        "import cosmos_lit.envs.worker, cosmos_lit.envs.debug_env\n"
+        "import cosmos_lit.envs.aloha, cosmos_lit.envs.aloha_expert\n"
         "assert 'mujoco' not in sys.modules and 'dm_control' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -162,7 +162,9 @@ class AlohaSimEnv:
             self.physics, self._task, time_limit=float("inf"), control_timestep=CONTROL_DT, n_sub_steps=None,
             flat_observation=False,
         )
-        self._renderer = CameraRenderer(self.physics.model.ptr, self.physics.data.ptr, self.image_size, self.fast_render)
+        self._renderer = CameraRenderer(
+            self.physics.model.ptr, self.physics.data.ptr, self.image_size, self.fast_render
+        )
         self._renderer.check_cameras(self.cameras)
         self._steps = 0
         self._last_images: dict[str, np.ndarray] | None = None

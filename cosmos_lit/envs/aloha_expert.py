@@ -243,7 +243,8 @@ class TransferCubeExpert(WaypointExpert):
                 Waypoint(150, grasp, q, CLOSED),
                 Waypoint(220, MEET_POINT + self.grasp_offset, q, CLOSED),
             ]
-            left = [_hold(scene, "left", 0, g0), Waypoint(150, MEET_POINT + [-0.2, 0, 0.05], tcp_quat("left", self.take_pitch), OPEN)]
+            wait = MEET_POINT + [-0.2, 0, 0.05]  # left arm waits, open, away from the incoming cube
+            left = [_hold(scene, "left", 0, g0), Waypoint(150, wait, tcp_quat("left", self.take_pitch), OPEN)]
             return {"left": left, "right": right}
         # hand-over, aimed at where the right gripper really holds the cube
         q, take = tcp_quat("left", self.take_pitch), cube + self.take_offset
@@ -310,8 +311,9 @@ class InsertionExpert(WaypointExpert):
                     Waypoint(150, obj + off, q, CLOSED),
                     Waypoint(160, obj + off, q, CLOSED),
                 ]
+            peg_at = self.socket_at + [0.2, 0, 0]  # peg centre 20 cm right of the socket's
             arms["left"].append(Waypoint(220, self.socket_at + self.socket_grasp, tcp_quat("left", self.pitch), CLOSED))
-            arms["right"].append(Waypoint(220, self.socket_at + [0.2, 0, 0] + self.peg_grasp, tcp_quat("right", self.pitch), CLOSED))
+            arms["right"].append(Waypoint(220, peg_at + self.peg_grasp, tcp_quat("right", self.pitch), CLOSED))
             return arms
         # line the peg up with where the socket really is, then push it in
         peg_xyz, peg_q = scene.tcp("right")
@@ -440,7 +442,9 @@ def write_episode(path: Path, episode: ExpertEpisode, instruction: str, compress
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with h5py.File(tmp, "w") as f:
-            f.attrs.update(sim=True, task=episode.task, seed=episode.seed, instruction=instruction, success=episode.success)
+            f.attrs.update(
+                sim=True, task=episode.task, seed=episode.seed, instruction=instruction, success=episode.success
+            )
             obs = f.create_group("observations")
             images = obs.create_group("images")
             for cam, frames in episode.images.items():
@@ -561,7 +565,8 @@ def generate_demos(
             f"generate_demos, so they are left alone; pick an empty or new folder"
         )
     if old is not None:
-        changed = sorted(k for k in set(params) | set(old.get("params", {})) if params.get(k) != old.get("params", {}).get(k))
+        old_params = old.get("params", {})
+        changed = sorted(k for k in set(params) | set(old_params) if params.get(k) != old_params.get(k))
         why = f"parameters changed: {', '.join(changed)}" if changed else "episode files are missing"
         say(f"[aloha demos] regenerating {out}: {why}")
         manifest_path.unlink()
@@ -598,6 +603,11 @@ def generate_demos(
         if pool:
             pool.terminate()
             pool.join()
+        else:  # ran in this process: free the cached sims and GL context
+            for scene, env in _WORKER_STATE.values():
+                scene.close()
+                env.close()
+            _WORKER_STATE.clear()
         if progress:
             progress.stop()
     # Episode i = i-th successful seed; every file was written atomically, renaming is atomic too.

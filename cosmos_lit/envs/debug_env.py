@@ -36,7 +36,9 @@ class DebugEnv:
         fault_at_step: int = 0,
     ):
         if fault not in FAULTS or fault_in not in FAULT_PLACES:
-            raise ValueError(f"DebugEnv: fault must be one of {FAULTS} and fault_in one of {FAULT_PLACES}, got {fault!r}, {fault_in!r}")
+            raise ValueError(
+                f"DebugEnv: fault must be one of {FAULTS} and fault_in one of {FAULT_PLACES}, got {fault!r}, {fault_in!r}"
+            )
         self.cameras = (cameras,) if isinstance(cameras, str) else tuple(cameras)
         self.image_size, self.action_dim, self.max_steps = int(image_size), int(action_dim), int(max_steps)
         self.success_at = success_at

@@ -76,7 +76,8 @@ class CameraRenderer:
                 if _set_after_mujoco_import
                 else "check that EGL/OSMesa libraries are installed (apt: libegl1 libgl1-mesa-dri libosmesa6)"
             )
-            raise RuntimeError(f"cannot create an offscreen OpenGL context (MUJOCO_GL={os.environ.get('MUJOCO_GL')}): {e}; {hint}") from e
+            backend = os.environ.get("MUJOCO_GL")
+            raise RuntimeError(f"cannot create an offscreen OpenGL context (MUJOCO_GL={backend}): {e}; {hint}") from e
         self.camera_names = tuple(model.camera(i).name for i in range(model.ncam))
         _live_renderers.add(self)
         global _exit_hook_registered

@@ -147,7 +147,8 @@ class WorkerError:
         self.message = message
 
     def __repr__(self) -> str:
-        return f"WorkerError(slot={self.slot}, {self.message.strip().splitlines()[-1] if self.message.strip() else ''!r})"
+        last_line = self.message.strip().splitlines()[-1] if self.message.strip() else ""
+        return f"WorkerError(slot={self.slot}, {last_line!r})"
 
     def __str__(self) -> str:
         return f"env worker {self.slot}: {self.message}"
