@@ -1,0 +1,111 @@
+"""Statistics (official layout), min-max normalization round trip, cache file I/O and mismatch errors."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from cosmos_lit.normalization import (
+    STAT_NAMES,
+    check_statistics,
+    compute_statistics,
+    load_statistics,
+    normalize,
+    save_statistics,
+    unnormalize,
+)
+
+
+@pytest.fixture()
+def episodes():
+    rng = np.random.default_rng(0)
+    acts = [(rng.normal(size=(n, 3)) * [1, 10, 0.1] + [0, 5, -2]).astype(np.float32) for n in (7, 11, 4)]
+    prop = [rng.uniform(-3, 3, size=(len(a), 2)).astype(np.float32) for a in acts]
+    return acts, prop
+
+
+def test_statistics_layout_and_values(episodes):
+    acts, prop = episodes
+    stats = compute_statistics({"actions": acts, "proprio": prop})
+    assert set(stats) == {f"{g}_{s}" for g in ("actions", "proprio") for s in STAT_NAMES}
+    pooled = np.concatenate(acts).astype(np.float64)
+    np.testing.assert_allclose(stats["actions_min"], pooled.min(0), rtol=1e-6)
+    np.testing.assert_allclose(stats["actions_max"], pooled.max(0), rtol=1e-6)
+    np.testing.assert_allclose(stats["actions_mean"], pooled.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stats["actions_std"], pooled.std(0), rtol=1e-6)
+    np.testing.assert_allclose(stats["actions_median"], np.median(pooled, 0), rtol=1e-6)
+    assert all(isinstance(v, list) and len(v) == 2 for k, v in stats.items() if k.startswith("proprio"))
+
+
+def test_round_trip_numpy_and_torch(episodes):
+    acts, prop = episodes
+    stats = compute_statistics({"actions": acts, "proprio": prop})
+    x = np.concatenate(acts)
+    xn = normalize(x, stats, "actions")
+    assert xn.dtype == np.float32 and xn.shape == x.shape
+    assert xn.min() == pytest.approx(-1.0, abs=1e-6) and xn.max() == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(unnormalize(xn, stats, "actions"), x, atol=1e-5)
+    # hand-computed: x' = 2 (x - min) / (max - min) - 1
+    lo, hi = np.array(stats["actions_min"]), np.array(stats["actions_max"])
+    np.testing.assert_allclose(xn, 2 * (x - lo) / (hi - lo) - 1, atol=1e-6)
+    xt = torch.from_numpy(x)
+    xtn = normalize(xt, stats, "actions")
+    assert isinstance(xtn, torch.Tensor) and xtn.dtype == torch.float32
+    np.testing.assert_allclose(xtn.numpy(), xn, atol=1e-6)
+    np.testing.assert_allclose(unnormalize(xtn, stats, "actions").numpy(), x, atol=1e-5)
+    # batched (B, K, D) works on the last axis
+    assert normalize(xt.reshape(1, -1, 3), stats, "actions").shape == (1, len(x), 3)
+
+
+def test_constant_dimension_maps_to_zero_and_back():
+    x = np.array([[1.0, 4.0], [2.0, 4.0], [3.0, 4.0]], np.float32)
+    stats = compute_statistics({"proprio": x})
+    xn = normalize(x, stats, "proprio")
+    assert np.isfinite(xn).all() and (xn[:, 1] == 0).all()
+    np.testing.assert_allclose(unnormalize(xn, stats, "proprio"), x, atol=1e-6)
+    xt = normalize(torch.from_numpy(x), stats, "proprio")
+    assert torch.isfinite(xt).all() and (xt[:, 1] == 0).all()
+
+
+def test_dimension_mismatch_is_a_clear_error(episodes):
+    acts, prop = episodes
+    stats = compute_statistics({"actions": acts, "proprio": prop})
+    with pytest.raises(ValueError, match="'actions' has 3 dimensions but the data has 5"):
+        normalize(np.zeros((2, 5)), stats, "actions")
+
+
+def test_nan_rejected():
+    with pytest.raises(ValueError, match="NaN"):
+        compute_statistics({"actions": np.array([[np.nan, 1.0]])})
+
+
+def test_save_load_atomic_and_check(tmp_path, episodes):
+    acts, prop = episodes
+    stats = compute_statistics({"actions": acts, "proprio": prop})
+    path = tmp_path / "dataset_statistics.json"
+    save_statistics(path, stats)
+    assert sorted(os.listdir(tmp_path)) == ["dataset_statistics.json"]  # no temp file left behind
+    loaded = load_statistics(path)
+    assert set(loaded) == set(stats) and all(np.allclose(loaded[k], stats[k]) for k in stats)
+    check_statistics(loaded, {"actions": 3, "proprio": 2}, source=str(path))
+    with pytest.raises(ValueError, match=r"dataset_statistics.json: key 'actions_min' has 3 values but the data has 14"):
+        check_statistics(loaded, {"actions": 14}, source=str(path))
+    broken = dict(loaded)
+    del broken["proprio_median"]
+    with pytest.raises(ValueError, match="missing key 'proprio_median'"):
+        check_statistics(broken, {"proprio": 2}, source="x.json")
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="statistics file not found"):
+        load_statistics(tmp_path / "none.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_statistics(bad)
+    arr = tmp_path / "arr.json"
+    arr.write_text(json.dumps([1, 2]))
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        load_statistics(arr)
