@@ -327,7 +327,8 @@ def write_aloha_episode(
             if storage == "raw":
                 for cam in cams:
                     frames = np.asarray(images[cam], np.uint8)
-                    f.create_dataset(f"observations/images/{cam}", data=frames, chunks=(1, *frames.shape[1:]))
+                    chunks = (1, *frames.shape[1:]) if len(frames) else None  # one frame per chunk: cheap random reads
+                    f.create_dataset(f"observations/images/{cam}", data=frames, chunks=chunks)
             elif storage == "jpeg_vlen":
                 vlen = h5py.vlen_dtype(np.uint8)
                 for cam in cams:

@@ -692,8 +692,9 @@ class EpisodeDataModule(L.LightningDataModule):
 
     # --- datasets and loaders ---
     def _steps(self, ids: Sequence[int]) -> np.ndarray:
-        rows = [(e, t) for e in ids for t in range(0, self._episodes[e].length, self.stride)]
-        return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+        parts = [np.stack([np.full_like(ts, e), ts], 1) for e in ids
+                 for ts in [np.arange(0, self._episodes[e].length, self.stride, dtype=np.int64)]]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros((0, 2), np.int64)
 
     def train_dataset(self) -> EpisodeDataset:
         self._require_setup("train_dataset")

@@ -1,0 +1,354 @@
+"""ALOHA DataModule on small episode files written in the real schemas (reference/simulators.md §E).
+
+Frames encode (camera, step) in their colour so the tests can check which frame landed in which slot:
+camera k has channel k bright, and the brightness of every channel grows with the step t.
+"""
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from cosmos_lit.datamodules.aloha import REAL_CAMERAS, AlohaDataModule, write_aloha_episode
+from cosmos_lit.datamodules.base import STATISTICS_FILE, sample_type_fractions
+from cosmos_lit.layout import POLICY, VALUE, WORLD_MODEL
+from cosmos_lit.normalization import load_statistics, save_statistics, unnormalize
+from cosmos_lit.registry import build
+from cosmos_lit.video import DECORD_AVAILABLE
+
+H, W, S = 24, 32, 16
+
+
+def coded_frames(length, cam_index, upside_down=False):
+    """(T, H, W, 3): flat colour coding (camera, step), with a white marker in the top rows."""
+    frames = np.zeros((length, H, W, 3), np.uint8)
+    for t in range(length):
+        frames[t] = 20 + (6 * t) % 180
+        frames[t, :, :, cam_index % 3] = 200
+        frames[t, :3] = 255  # top marker
+    return frames[:, ::-1] if upside_down else frames
+
+
+def vectors(length, dim=14, seed=0):
+    rng = np.random.default_rng(seed)
+    qpos = np.cumsum(rng.normal(0, 0.1, (length, dim)), 0)
+    return qpos, qpos + rng.normal(0, 0.01, (length, dim))
+
+
+def write(folder, n, length=12, cameras=REAL_CAMERAS, storage="raw", attrs=None, upside_down=False, seed=0):
+    for e in range(n):
+        qpos, action = vectors(length, seed=seed + e)
+        images = {cam: coded_frames(length, k, upside_down) for k, cam in enumerate(cameras)}
+        write_aloha_episode(os.path.join(folder, f"episode_{e}.hdf5"), qpos, action, images, storage,
+                            {"sim": False, "instruction": "fold the shirt", **(attrs or {})})
+    return folder
+
+
+def make_dm(data_dir, **kw):
+    args = dict(data_dir=str(data_dir), cameras=list(REAL_CAMERAS), image_size=S, chunk_size=5, batch_size=4,
+                val_fraction=0.0, augment=False)
+    args.update(kw)
+    return AlohaDataModule(**args)
+
+
+def slot_colours(images):
+    """Per image (2N, 3, S, S) in [-1, 1]: mean colour of the lower half (below the marker), in 0..255."""
+    x = (images[:, :, S // 2 :, :].mean(dim=(2, 3)) + 1) * 127.5
+    return x.numpy()
+
+
+STORAGES = ["raw", "jpeg", "jpeg_vlen", "mp4"]
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_batch_contract_and_frame_order(tmp_path, storage):
+    write(tmp_path / storage, 3, storage=storage)
+    dm = make_dm(tmp_path / storage)
+    dm.setup("fit")
+    spec = dm.spec
+    assert spec.cameras == REAL_CAMERAS and (spec.proprio_dim, spec.action_dim, spec.chunk_size) == (14, 14, 5)
+    assert spec.gamma == 0.998 and spec.fps == 50 and spec.image_size == S and spec.name == "aloha"
+    batch = next(iter(dm.train_dataloader()))
+    b = 4
+    assert batch["images"].shape == (b, 6, 3, S, S) and batch["images"].dtype == torch.float32
+    assert batch["images"].min() >= -1 and batch["images"].max() <= 1
+    assert batch["proprio"].shape == (b, 14) and batch["future_proprio"].shape == (b, 14)
+    assert batch["actions"].shape == (b, 5, 14) and batch["actions"].dtype == torch.float32
+    assert batch["value"].shape == (b,) and batch["value"].dtype == torch.float32
+    assert batch["sample_type"].dtype == torch.int64 and batch["episode"].dtype == torch.int64
+    assert batch["t"].dtype == torch.int64 and batch["instruction"] == ["fold the shirt"] * b
+    ds = dm.train_dataset()
+    tol = 6.0 if storage != "raw" else 1.0
+    for i in (0, 7, 11, 30):
+        s = ds[i]
+        t, fut = int(s["t"]), min(int(s["t"]) + 5, 11)
+        colours = slot_colours(s["images"])
+        for slot in range(6):
+            cam, step = slot % 3, (t if slot < 3 else fut)
+            expected = np.full(3, 20 + 6 * step, float)
+            expected[cam] = 200
+            np.testing.assert_allclose(colours[slot], expected, atol=tol)
+
+
+def test_jpeg_compress_len_schema_and_trimming(tmp_path):
+    write(tmp_path, 1, storage="jpeg")
+    path = tmp_path / "episode_0.hdf5"
+    with h5py.File(path, "r") as f:
+        assert f.attrs["compress"] and f["compress_len"].shape == (3, 12)
+        padded = f["observations/images/cam_left_wrist"].shape[1]
+        lens = f["compress_len"][()]
+        order_row = 1  # recorder order: cam_high, cam_left_wrist, cam_right_wrist
+    dm = make_dm(tmp_path)
+    dm.setup()
+    reader = dm.train_dataset().reader(0)
+    frames = reader.frames("cam_left_wrist", [0, 3])
+    assert [len(fr) for fr in frames] == [lens[order_row, 0], lens[order_row, 3]]
+    assert all(len(fr) < padded for fr in frames) or lens.max() == padded
+
+
+@pytest.mark.parametrize("backend", ["pyav"] + (["decord"] if DECORD_AVAILABLE else []))
+def test_mp4_backends_agree(tmp_path, backend):
+    write(tmp_path, 1, storage="mp4")
+    with h5py.File(tmp_path / "episode_0.hdf5", "r") as f:
+        assert f["observations/video_paths/cam_high"][()].decode() == "episode_0_cam_high.mp4"  # relative path
+    dm = make_dm(tmp_path, video_backend=backend)
+    dm.setup()
+    s = dm.train_dataset()[4]
+    raw_dir = write(tmp_path / "raw", 1, storage="raw")
+    dm_raw = make_dm(raw_dir)
+    dm_raw.setup()
+    assert (s["images"] - dm_raw.train_dataset()[4]["images"]).abs().mean() < 0.05
+
+
+def test_sim_layout_and_orientation(tmp_path):
+    up = write(tmp_path / "up", 2, cameras=("top",), attrs={"sim": True})
+    down = write(tmp_path / "down", 2, cameras=("top",), attrs={"sim": True}, upside_down=True)
+    dm_up = AlohaDataModule(data_dir=str(up), image_size=S, val_fraction=0.0, augment=False)
+    dm_down = AlohaDataModule(data_dir=str(down), image_size=S, val_fraction=0.0, augment=False, flip_images=True)
+    dm_plain = AlohaDataModule(data_dir=str(down), image_size=S, val_fraction=0.0, augment=False)
+    for dm in (dm_up, dm_down, dm_plain):
+        dm.setup()
+    assert dm_up.spec.cameras == ("top",)
+    a, b, c = (dm.train_dataset()[3]["images"] for dm in (dm_up, dm_down, dm_plain))
+    assert a.shape == (2, 3, S, S)
+    assert torch.equal(a, b)  # flipped upside-down storage == upright storage
+    assert (a[0, :, 0, :] > 0.9).all() and not (c[0, :, 0, :] > 0.9).all()  # marker on top only when upright
+
+
+def test_actions_padding_and_normalization(tmp_path):
+    write(tmp_path, 2, length=12)
+    dm = make_dm(tmp_path, chunk_size=8)
+    dm.setup()
+    ds = dm.train_dataset()
+    idx = next(i for i in range(len(ds)) if ds.locate(i)[:2] == (0, 9))
+    s = ds[idx]
+    with h5py.File(tmp_path / "episode_0.hdf5", "r") as f:
+        action, qpos = f["action"][()], f["observations/qpos"][()]
+    expected = np.concatenate([action[9:12], np.repeat(action[-1:], 5, 0)])  # 3 real rows, then the last repeated
+    np.testing.assert_allclose(unnormalize(s["actions"].numpy(), dm.statistics, "actions"), expected, atol=1e-5)
+    np.testing.assert_allclose(unnormalize(s["proprio"].numpy(), dm.statistics, "proprio"), qpos[9], atol=1e-5)
+    np.testing.assert_allclose(unnormalize(s["future_proprio"].numpy(), dm.statistics, "proprio"), qpos[11], atol=1e-5)
+    everything = torch.stack([ds[i]["proprio"] for i in range(0, len(ds), 3)])
+    assert everything.min() >= -1 - 1e-6 and everything.max() <= 1 + 1e-6
+
+
+def test_sample_type_fractions_default_50_25_25(tmp_path):
+    write(tmp_path, 4, length=50, cameras=("top",))
+    dm = AlohaDataModule(data_dir=str(tmp_path), image_size=8, chunk_size=5, val_fraction=0.0, augment=False)
+    dm.setup()
+    ds = dm.train_dataset()
+    assert len(ds) == 400 and sample_type_fractions(ds) == {POLICY: 0.5, WORLD_MODEL: 0.25, VALUE: 0.25}
+    types = np.array([int(ds[i]["sample_type"]) for i in range(len(ds))])
+    frac = np.bincount(types, minlength=3) / len(types)
+    assert frac[POLICY] == 0.5
+    assert abs(frac[WORLD_MODEL] - 0.25) < 0.07 and abs(frac[VALUE] - 0.25) < 0.07
+
+
+def test_rollouts_planning_mix_and_failure_values(tmp_path):
+    demos = write(tmp_path / "demos", 2, length=20, cameras=("top",))
+    write(tmp_path / "rollouts" / "ok", 2, length=20, cameras=("top",), attrs={"success": True}, seed=10)
+    write(tmp_path / "rollouts" / "bad", 2, length=20, cameras=("top",), attrs={"success": False}, seed=20)
+    dm = AlohaDataModule(data_dir=str(demos), rollout_dir=str(tmp_path / "rollouts"), image_size=8, chunk_size=5,
+                         val_fraction=0.0, augment=False, demonstration_sampling_prob=0.1,
+                         treat_demos_as_success_rollouts=False)
+    dm.setup()
+    ds = dm.train_dataset()
+    assert ds.counts == (40, 180, 180)
+    fr = sample_type_fractions(ds)
+    assert fr[POLICY] == pytest.approx(0.1) and fr[WORLD_MODEL] == pytest.approx(0.45)
+    failure_ids = {i for i, ref in enumerate(dm.episodes) if "bad" in ref.path}
+    for i in range(40, 400, 7):
+        s = ds[i]
+        assert int(s["sample_type"]) in (WORLD_MODEL, VALUE)
+        if int(s["episode"]) in failure_ids:
+            assert float(s["value"]) == -1.0
+        else:
+            assert float(s["value"]) > -1.0
+
+
+def test_split_by_episode(tmp_path):
+    write(tmp_path, 10, length=6, cameras=("top",))
+    dm = AlohaDataModule(data_dir=str(tmp_path), image_size=8, chunk_size=3, val_fraction=0.3, seed=1, augment=False)
+    dm.setup()
+    train, val = set(dm.train_episodes), set(dm.val_episodes)
+    assert len(val) == 3 and not train & val and train | val == set(range(10))
+    again = AlohaDataModule(data_dir=str(tmp_path), image_size=8, chunk_size=3, val_fraction=0.3, seed=1)
+    again.setup()
+    assert again.val_episodes == dm.val_episodes
+    other = AlohaDataModule(data_dir=str(tmp_path), image_size=8, chunk_size=3, val_fraction=0.3, seed=2)
+    other.setup()
+    assert other.val_episodes != dm.val_episodes
+    train_eps = {int(e) for b in dm.train_dataloader() for e in b["episode"]}
+    val_batches = list(dm.val_dataloader())
+    val_eps = {int(e) for b in val_batches for e in b["episode"]}
+    assert train_eps <= train and val_eps == val
+    assert all((b["sample_type"] == POLICY).all() for b in val_batches)  # validation: policy samples only
+
+
+def test_statistics_cache_reuse_and_mismatch(tmp_path):
+    write(tmp_path, 2, length=8, cameras=("top",))
+    dm = AlohaDataModule(data_dir=str(tmp_path), image_size=8, val_fraction=0.0)
+    dm.setup()
+    path = tmp_path / STATISTICS_FILE
+    stats = load_statistics(path)
+    assert stats == dm.statistics and len(stats["actions_min"]) == 14
+    assert dm.state_dict()["statistics"] == dm.statistics  # stored with every checkpoint
+    marked = dict(stats, actions_max=[m + 1.0 for m in stats["actions_max"]])
+    save_statistics(path, marked)
+    reused = AlohaDataModule(data_dir=str(tmp_path), image_size=8, val_fraction=0.0)
+    reused.setup()
+    assert reused.statistics["actions_max"] == marked["actions_max"]  # the cached file is used, not recomputed
+    save_statistics(path, dict(stats, proprio_min=stats["proprio_min"][:7]))
+    with pytest.raises(ValueError, match=rf"{STATISTICS_FILE}: key 'proprio_min' has 7 values but the data has 14"):
+        AlohaDataModule(data_dir=str(tmp_path), image_size=8).setup()
+
+
+def test_registry_and_workers(tmp_path):
+    write(tmp_path, 2, length=8, cameras=("top",))
+    dm = build({"name": "aloha", "data_dir": str(tmp_path), "image_size": 8, "batch_size": 4, "num_workers": 1,
+                "val_fraction": 0.0, "samples_per_epoch": 6}, "datamodule")
+    assert isinstance(dm, AlohaDataModule)
+    dm.setup()
+    batches = list(dm.train_dataloader())  # one worker process opens its own file handles
+    assert sum(len(b["t"]) for b in batches) == 6
+    assert dm.instructions == ["fold the shirt"]
+
+
+def test_augmentation_shared_across_current_and_future(tmp_path):
+    folder = tmp_path / "static"
+    qpos, action = vectors(12)
+    still = np.repeat(coded_frames(1, 0), 12, axis=0)  # the same frame at every step
+    still[:, 10:14, 5:20] = (0, 0, 255)  # texture so crops and rotations show
+    write_aloha_episode(str(folder / "episode_0.hdf5"), qpos, action, {"top": still}, "raw")
+    dm = AlohaDataModule(data_dir=str(folder), image_size=S, val_fraction=0.0, augment=True, chunk_size=4)
+    dm.setup()
+    ds = dm.train_dataset()
+    a, b = ds[2]["images"], ds[2]["images"]
+    assert torch.equal(a[0], a[1])  # current and future frames got the same augmentation
+    assert not torch.equal(a, b)  # a new draw per sample
+
+
+# --- bad input: one clear line naming file, episode, key and what was expected ---
+
+
+def test_missing_data_dir_message(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"aloha: '.*nowhere' does not exist; expected .*episode_\*\.hdf5.*"
+                                                r"data\.data_dir=/path/to/data"):
+        AlohaDataModule(data_dir=str(tmp_path / "nowhere")).setup()
+    with pytest.raises(FileNotFoundError, match="no data directory was given"):
+        AlohaDataModule().setup()
+
+
+def test_no_episodes_message(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"no \*\.hdf5 episode files under"):
+        AlohaDataModule(data_dir=str(tmp_path)).setup()
+
+
+def _edit(path, fn):
+    with h5py.File(path, "a") as f:
+        fn(f)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda f: f.__delitem__("action"), r"episode_0\.hdf5: missing key 'action' \(expected a \(T, 14\) array"),
+        (lambda f: f.__delitem__("observations/qpos"), r"missing key 'observations/qpos'"),
+        (lambda f: f.__delitem__("observations/images/top"), r"missing key 'observations/images/top'.*data\.cameras"),
+    ],
+)
+def test_missing_key_messages(tmp_path, edit, message):
+    write(tmp_path, 1, length=6, cameras=("top",))
+    _edit(tmp_path / "episode_0.hdf5", edit)
+    with pytest.raises(ValueError, match=message):
+        AlohaDataModule(data_dir=str(tmp_path), image_size=8).setup()
+
+
+def test_wrong_action_dim_message(tmp_path):
+    write(tmp_path, 1, length=6, cameras=("top",))
+    qpos, _ = vectors(6)
+    write_aloha_episode(str(tmp_path / "episode_1.hdf5"), qpos, np.zeros((6, 13)), {"top": coded_frames(6, 0)})
+    with pytest.raises(ValueError, match=r"episode_1\.hdf5: actions has dimension 13; expected 14 \(as data\.action_dim\)"):
+        AlohaDataModule(data_dir=str(tmp_path), image_size=8).setup()
+
+
+def test_wrong_shape_messages(tmp_path):
+    write(tmp_path, 1, length=6, cameras=("top",))
+    _edit(tmp_path / "episode_0.hdf5", lambda f: (f.__delitem__("action"), f.create_dataset("action", data=np.zeros((5, 14)))))
+    with pytest.raises(ValueError, match=r"proprio has shape \(6, 14\); expected \(5, D\)"):
+        AlohaDataModule(data_dir=str(tmp_path), image_size=8).setup()
+
+
+@pytest.mark.parametrize("length", [0, 1])
+def test_empty_or_one_step_episode(tmp_path, length):
+    qpos, action = vectors(max(length, 1))
+    write_aloha_episode(str(tmp_path / "episode_0.hdf5"), qpos[:length], action[:length],
+                        {"top": coded_frames(max(length, 1), 0)[:length]})
+    with pytest.raises(ValueError, match=rf"episode_0\.hdf5: episode has {length} step\(s\); expected at least 2"):
+        AlohaDataModule(data_dir=str(tmp_path), image_size=8).setup()
+
+
+def test_corrupt_jpeg_message(tmp_path):
+    write(tmp_path, 1, length=6, storage="jpeg")
+
+    def corrupt(f):
+        ds = f["observations/images/cam_high"]
+        row = ds[2]
+        row[: len(row)] = 7  # garbage where the JPEG was
+        ds[2] = row
+    _edit(tmp_path / "episode_0.hdf5", corrupt)
+    dm = make_dm(tmp_path)
+    dm.setup()  # frames are decoded per sample, not at setup
+    ds = dm.train_dataset()
+    idx = next(i for i in range(len(ds)) if ds.locate(i)[:2] == (0, 2))
+    with pytest.raises(ValueError, match=r"episode_0\.hdf5 camera 'cam_high' frame 2: corrupt or unsupported image"):
+        ds[idx]
+
+
+def test_corrupt_and_missing_video_messages(tmp_path):
+    write(tmp_path, 1, length=6, storage="mp4")
+    video = tmp_path / "episode_0_cam_high.mp4"
+    video.write_bytes(video.read_bytes()[:200])  # truncated file
+    with pytest.raises(ValueError, match=r"episode_0\.hdf5: video .*episode_0_cam_high\.mp4: cannot open"):
+        make_dm(tmp_path, video_backend="pyav").setup()
+    video.unlink()
+    with pytest.raises(ValueError, match=r"points to .*episode_0_cam_high\.mp4, which does not exist"):
+        make_dm(tmp_path).setup()
+
+
+def test_rollout_without_success_attribute(tmp_path):
+    write(tmp_path / "demos", 1, length=6, cameras=("top",))
+    write(tmp_path / "rollouts", 1, length=6, cameras=("top",))
+    with pytest.raises(ValueError, match=r"rollouts/episode_0\.hdf5: rollout episode has no 'success' attribute"):
+        AlohaDataModule(data_dir=str(tmp_path / "demos"), rollout_dir=str(tmp_path / "rollouts"), image_size=8).setup()
+
+
+def test_rollout_dir_inside_data_dir_is_not_counted_as_demos(tmp_path):
+    write(tmp_path, 2, length=6, cameras=("top",))
+    write(tmp_path / "rollouts", 1, length=6, cameras=("top",), attrs={"success_score": 0.0})
+    dm = AlohaDataModule(data_dir=str(tmp_path), rollout_dir=str(tmp_path / "rollouts"), image_size=8, val_fraction=0)
+    dm.setup()
+    assert [r.rollout for r in dm.episodes] == [False, False, True]
