@@ -1,0 +1,182 @@
+"""Readers shared by the robomimic-style HDF5 benchmarks (LIBERO, RoboCasa) and Cosmos Policy rollout files.
+
+Two layouts, both read lazily through the per-process handle cache of ``cosmos_lit.datamodules.base``:
+
+- demonstrations: one file holds many episodes, ``data/demo_<n>/{actions, obs/<camera key>, ...}``;
+- rollouts (``*-Cosmos-Policy/all_episodes``): one episode per file, top-level datasets
+  ``{primary,secondary,wrist}_images[_jpeg]``, ``proprio``, ``actions`` and attributes ``success``,
+  ``task_description``.
+
+A camera is stored either as raw frames, (T, H, W, 3) uint8, or as JPEG bytes, (T,) variable-length uint8
+(the ``*_jpeg`` keys). Each camera has a list of candidate keys (:class:`CameraSource`); the first one present in
+the episode is used, and it says whether its frames are stored upside down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from cosmos_lit.datamodules.base import EpisodeReader, MissingKeyError
+from cosmos_lit.images import decode_image
+
+DEMO_KEY = re.compile(r"^demo_(\d+)$")
+
+
+class CameraSource(NamedTuple):
+    """A candidate dataset for one camera: its key (relative to the episode) and orientation."""
+
+    key: str
+    upside_down: bool = False
+
+
+def find_hdf5_files(folder: str, exclude: str | None = None) -> list[str]:
+    """Every ``*.hdf5`` / ``*.h5`` under ``folder`` (recursively, following symlinks), sorted; files under
+    ``exclude`` (e.g. a rollout folder inside the demo folder) are left out."""
+    skip = os.path.abspath(exclude) + os.sep if exclude else None
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        for name in files:
+            path = os.path.join(root, name)
+            if name.endswith((".hdf5", ".h5")) and not (skip and os.path.abspath(path).startswith(skip)):
+                found.append(path)
+    return sorted(found)
+
+
+def demo_keys(f: Any, path: str) -> list[str]:
+    """``data/demo_<n>`` group names of a robomimic file, sorted by n; one clear error when there are none."""
+    if "data" not in f:
+        raise MissingKeyError(
+            f"{path}: missing group 'data' (expected the robomimic layout data/demo_<n>/...; "
+            f"top-level keys: {', '.join(sorted(f.keys())) or 'none'})"
+        )
+    numbered = []
+    for name in f["data"].keys():
+        m = DEMO_KEY.match(name)
+        if m:
+            numbered.append((int(m.group(1)), name))
+    if not numbered:
+        raise ValueError(f"{path}: group 'data' holds no 'demo_<n>' episodes")
+    return [f"data/{name}" for _, name in sorted(numbered)]
+
+
+def text(value: Any) -> str:
+    """An HDF5 attribute (str, bytes, numpy scalar or 1-element array) as a Python string."""
+    if isinstance(value, np.ndarray):
+        value = value.reshape(-1)[0] if value.size else ""
+    if isinstance(value, (bytes, np.bytes_)):
+        value = value.decode("utf-8")
+    return str(value)
+
+
+def json_attr(attrs: Any, name: str, where: str) -> dict[str, Any] | None:
+    """Parse a JSON-string attribute; None when absent, one clear error when it is not a JSON object."""
+    if name not in attrs:
+        return None
+    try:
+        value = json.loads(text(attrs[name]))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: attribute '{name}' is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: attribute '{name}' is JSON {type(value).__name__}; expected an object")
+    return value
+
+
+def flag(value: Any) -> float:
+    """A ``success`` attribute (bool, int, float, string 'True'/'False') as a terminal reward in [0, 1]."""
+    if isinstance(value, (bytes, str, np.bytes_, np.str_)):
+        s = text(value).strip().lower()
+        if s in ("true", "false"):
+            return float(s == "true")
+        return float(s)
+    return float(np.asarray(value).reshape(-1)[0])
+
+
+class Hdf5EpisodeReader(EpisodeReader):
+    """Frames of an HDF5 episode whose cameras are resolved from candidate keys.
+
+    Subclasses implement :meth:`camera_sources` (and the vectors of :class:`EpisodeReader`). ``frames`` returns
+    decoded uint8 (H, W, 3) arrays; a corrupt JPEG is an error naming file, episode, key and frame.
+    """
+
+    def camera_sources(self, camera: str) -> list[CameraSource]:
+        raise NotImplementedError
+
+    def frame_index(self, indices: Sequence[int]) -> list[int]:
+        """Stored row of each step index (identity; overridden when steps are filtered)."""
+        return [int(i) for i in indices]
+
+    def stored_length(self) -> int:
+        """Rows in the stored arrays (before any step filtering)."""
+        return self.length()
+
+    # --- camera resolution ---
+    def source(self, camera: str) -> tuple[CameraSource, bool]:
+        """(source, is_jpeg) of ``camera`` in this episode, cached."""
+        cache = self.__dict__.setdefault("_sources", {})
+        if camera not in cache:
+            group = self.h5
+            candidates = self.camera_sources(camera)
+            for cand in candidates:
+                if cand.key in group:
+                    ds = group[cand.key]
+                    if ds.ndim == 1 and ds.dtype.kind == "O":
+                        cache[camera] = (cand, True)
+                    elif ds.ndim == 4 and ds.shape[3] == 3 and ds.dtype == np.uint8:
+                        cache[camera] = (cand, False)
+                    else:
+                        raise self.fail(
+                            f"key '{cand.key}' has shape {ds.shape} dtype {ds.dtype}; expected (T, H, W, 3) uint8 "
+                            "frames or (T,) variable-length JPEG bytes"
+                        )
+                    break
+            else:
+                tried = " or ".join(f"'{c.key}'" for c in candidates)
+                raise MissingKeyError(f"{self.ref.describe()}: missing key {tried} (images of camera '{camera}')")
+        return cache[camera]
+
+    def camera_upside_down(self, cameras: Sequence[str]) -> bool:
+        """Orientation shared by ``cameras``; an episode mixing orientations is an error."""
+        flags = {cam: self.source(cam)[0].upside_down for cam in cameras}
+        if len(set(flags.values())) > 1:
+            raise self.fail(f"cameras mix stored orientations {flags}; set data.flip_images explicitly")
+        return next(iter(flags.values()))
+
+    def check(self, cameras: Sequence[str]) -> None:
+        rows = self.stored_length()
+        group = self.h5
+        for cam in cameras:
+            src, _ = self.source(cam)
+            n = group[src.key].shape[0]
+            if n != rows:
+                raise self.fail(f"key '{src.key}' has {n} frames; expected {rows} (one per action)")
+        self.upside_down = self.camera_upside_down(cameras)
+
+    def frames(self, camera: str, indices: Sequence[int]) -> list[np.ndarray]:
+        src, is_jpeg = self.source(camera)
+        ds = self._dataset(src.key)
+        out = []
+        for step, row in zip(indices, self.frame_index(indices)):
+            data = ds[row]
+            if is_jpeg:
+                try:
+                    data = decode_image(data)
+                except ValueError as e:
+                    raise self.fail(f"key '{src.key}' frame {row} (step {step}): {e}") from None
+            out.append(data)
+        return out
+
+    def _dataset(self, key: str) -> Any:
+        """``self.h5[key]`` through the handle cache's dataset cache (a group lookup costs ~0.1 ms)."""
+        return self.handles.h5_dataset(self.ref.path, f"{self.ref.key}/{key}" if self.ref.key else key)
+
+    def vector(self, key: str, expected: str) -> np.ndarray:
+        """A (T, D) float array ``key`` of the episode (1-D becomes (T, 1))."""
+        a = np.asarray(self.require(key, expected)[()], dtype=np.float64)
+        return a[:, None] if a.ndim == 1 else a

@@ -1,0 +1,323 @@
+"""LIBERO DataModule: original LIBERO HDF5, the Cosmos Policy regenerated variant, and rollout files.
+
+Demonstrations (one ``<TASK>_demo.hdf5`` per task, many episodes each; reference/simulators.md §E)::
+
+    data                  attrs (original only): problem_info (JSON, language_instruction), macros_image_convention
+      demo_<n>/actions       (T, 7)   OSC Δpos (3), Δaxis-angle (3), gripper (-1 open .. +1 close)
+      demo_<n>/robot_states  (T, 9)   gripper_qpos (2) + eef_pos (3) + eef_quat (4)  -> proprio
+      demo_<n>/obs/agentview_rgb | agentview_rgb_jpeg        camera "primary"
+      demo_<n>/obs/eye_in_hand_rgb | eye_in_hand_rgb_jpeg    camera "wrist"
+
+- original LIBERO: 128², raw frames rendered upside down (``macros_image_convention="opengl"``);
+- Cosmos regenerated (``LIBERO-Cosmos-Policy/success_only/<suite>_no_noops...``): 256², upright, raw or JPEG.
+
+Orientation is decided per file (``data.flip_images`` forces it): the ``macros_image_convention`` attribute when
+present ("opengl" = upside down), else upside down when the file carries the original ``problem_info``
+attribute, else upright (the regenerated files have neither).
+
+Instruction: ``problem_info["language_instruction"]`` when present, else the file name parsed as Cosmos Policy
+does (drop ``_demo.hdf5``, split on ``_``, drop every word up to and including the one containing ``SCENE``);
+``instruction_source: file_name`` always uses the file name (the keys of the official T5 cache).
+
+Rollouts (``rollout_dir``, e.g. ``LIBERO-Cosmos-Policy/all_episodes``; one episode per file, upright)::
+
+    primary_images[_jpeg], wrist_images[_jpeg], proprio (T, 9), actions (T, 7); attrs success, task_description
+
+their suite is read from ``suite=<name>`` in the file name.
+
+Suites (``suites: [libero_spatial, ...]``) select demo files whose folder, relative to ``data_dir`` (or
+``data_dir`` itself), is the suite name or starts with ``<suite>_`` (``libero_spatial_no_noops_rerendered``), and
+rollout files with ``suite=<name>`` in their name.
+
+No-op filtering (``filter_noops``, for the original files; the regenerated ones are already filtered) drops the
+steps whose action moves less than ``noop_threshold`` (‖a[:6]‖) while keeping the gripper command of the previous
+kept step, as Cosmos Policy's ``regenerate_libero_dataset.py``. Unlike the regeneration, which re-simulates, the
+observations of the kept steps are the stored ones.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from cosmos_lit.datamodules.base import EpisodeDataModule, EpisodeRef, missing_data_dir
+from cosmos_lit.datamodules.hdf5_episodes import (
+    CameraSource,
+    Hdf5EpisodeReader,
+    demo_keys,
+    find_hdf5_files,
+    flag,
+    json_attr,
+    text,
+)
+from cosmos_lit.registry import ConfigError, register
+
+CAMERAS = ("wrist", "primary")  # latent-slot order of the official layout (reference/method.md §1)
+DEMO_IMAGE_KEYS = {"wrist": "obs/eye_in_hand_rgb", "primary": "obs/agentview_rgb"}
+ROLLOUT_IMAGE_KEYS = {"wrist": "wrist_images", "primary": "primary_images"}
+SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+ACTION_DIM, PROPRIO_DIM = 7, 9
+ROLLOUT_SUITE = re.compile(r"suite=([A-Za-z0-9_]+)")
+
+
+def instruction_from_file_name(path: str) -> str:
+    """Cosmos Policy's parse: ``KITCHEN_SCENE3_turn_on_the_stove_demo.hdf5`` -> "turn on the stove"."""
+    stem = os.path.basename(path)
+    for ext in (".hdf5", ".h5"):
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+    if stem.endswith("_demo"):
+        stem = stem[: -len("_demo")]
+    words: list[str] = []
+    for w in stem.split("_"):
+        if "SCENE" in w:
+            words = []
+            continue
+        if w:
+            words.append(w)
+    return " ".join(words)
+
+
+def noop_mask(actions: np.ndarray, threshold: float = 1e-4) -> np.ndarray:
+    """True for the no-op steps of a (T, 7) action array.
+
+    A step is a no-op when ‖a[:6]‖ < threshold and its gripper command equals the previous *kept* step's (the
+    first step only needs the small motion), as ``regenerate_libero_dataset.py::is_noop``.
+    """
+    noop = np.zeros(len(actions), dtype=bool)
+    prev = None
+    for t, a in enumerate(actions):
+        small = float(np.linalg.norm(a[:-1])) < threshold
+        noop[t] = small if prev is None else small and a[-1] == prev[-1]
+        if not noop[t]:
+            prev = a
+    return noop
+
+
+def suite_matches(path: str, root: str, suite: str) -> bool:
+    """Whether a demo file belongs to ``suite``: some folder between ``root`` (included) and the file is named
+    ``suite`` or ``suite_*``."""
+    folders = [os.path.basename(os.path.normpath(root))]
+    rel = os.path.relpath(os.path.dirname(os.path.abspath(path)), os.path.abspath(root))
+    if rel != ".":
+        folders += rel.split(os.sep)
+    return any(f == suite or f.startswith(suite + "_") for f in folders)
+
+
+class LiberoEpisodeReader(Hdf5EpisodeReader):
+    """One LIBERO demo (``ref.key = data/demo_<n>``) or one rollout file (``ref.rollout``)."""
+
+    # --- steps (no-op filtering) ---
+    def _raw_actions(self) -> np.ndarray:
+        if "_actions_cache" not in self.__dict__:
+            a = self.vector("actions", "a (T, 7) action array")
+            if a.shape[1] < ACTION_DIM:
+                raise self.fail(f"key 'actions' has {a.shape[1]} dims; expected {ACTION_DIM} (Δpos 3, Δrot 3, gripper 1)")
+            self._actions_cache = a
+        return self._actions_cache
+
+    def _keep(self) -> np.ndarray:
+        if "_kept" not in self.__dict__:  # row indices of the kept steps
+            a = self._raw_actions()
+            if self.options.get("filter_noops") and not self.ref.rollout:
+                self._kept = np.flatnonzero(~noop_mask(a, float(self.options.get("noop_threshold", 1e-4))))
+            else:
+                self._kept = np.arange(len(a))
+        return self._kept
+
+    def stored_length(self) -> int:
+        return len(self._raw_actions())
+
+    def length(self) -> int:
+        return len(self._keep())
+
+    def frame_index(self, indices: Sequence[int]) -> list[int]:
+        keep = self._keep()
+        return [int(keep[int(i)]) for i in indices]
+
+    def actions(self) -> np.ndarray:
+        return self._raw_actions()[self._keep()]
+
+    def proprio(self) -> np.ndarray:
+        key = "proprio" if self.ref.rollout else "robot_states"
+        p = self.vector(key, "a (T, 9) array: gripper_qpos (2) + eef_pos (3) + eef_quat (4)")
+        if len(p) != self.stored_length():
+            raise self.fail(f"key '{key}' has {len(p)} rows; expected {self.stored_length()} (one per action)")
+        return p[self._keep()]
+
+    # --- metadata ---
+    def _file_attrs(self):  # noqa: ANN202 - h5py AttributeManager
+        f = self.handles.h5(self.ref.path)
+        return f.attrs if self.ref.rollout else (f["data"].attrs if "data" in f else {})
+
+    def instruction(self) -> str | None:
+        attrs = self._file_attrs()
+        if self.ref.rollout:
+            return text(attrs["task_description"]).strip() or None if "task_description" in attrs else None
+        if self.options.get("instruction_source", "auto") == "auto":
+            info = json_attr(attrs, "problem_info", f"{self.ref.path} group 'data'")
+            if info and str(info.get("language_instruction", "")).strip():
+                return str(info["language_instruction"]).strip()
+        return instruction_from_file_name(self.ref.path) or None
+
+    def success(self) -> float | None:
+        attrs = self._file_attrs()
+        return flag(attrs["success"]) if "success" in attrs else None
+
+    def camera_sources(self, camera: str) -> list[CameraSource]:
+        keys = ROLLOUT_IMAGE_KEYS if self.ref.rollout else DEMO_IMAGE_KEYS
+        if camera not in keys:
+            raise ConfigError(f"data.cameras: unknown LIBERO camera '{camera}'; expected some of {list(keys)}")
+        flipped = self._stored_upside_down()
+        return [CameraSource(keys[camera] + "_jpeg", flipped), CameraSource(keys[camera], flipped)]
+
+    def _stored_upside_down(self) -> bool:
+        if self.ref.rollout:
+            return False
+        attrs = self._file_attrs()
+        if "macros_image_convention" in attrs:
+            return text(attrs["macros_image_convention"]).strip().lower() == "opengl"
+        return "problem_info" in attrs
+
+
+@register("datamodule", "libero")
+class LiberoDataModule(EpisodeDataModule):
+    """LIBERO demonstrations (original or Cosmos-regenerated HDF5) plus optional rollout files.
+
+    Defaults follow the official LIBERO run: cameras [wrist, primary] (9 latent frames), K = 16, γ = 0.99, 20 Hz,
+    224², 7-D actions, 9-D proprio. See the module docstring for layouts, orientation, suites and no-op filtering.
+
+    Args:
+        suites: suite names to keep (``libero_spatial``, ``libero_object``, ``libero_goal``, ``libero_10``,
+            ``libero_90``); None keeps every file under ``data_dir``.
+        filter_noops: drop no-op steps of the demonstrations (use for the original LIBERO files).
+        noop_threshold: motion norm below which a step is a no-op.
+        instruction_source: ``auto`` (problem_info, else the file name) or ``file_name``.
+        Other keys: see ``EpisodeDataModule``.
+    """
+
+    reader_cls = LiberoEpisodeReader
+    benchmark_name = "libero"
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        suites: Sequence[str] | None = None,
+        filter_noops: bool = False,
+        noop_threshold: float = 1e-4,
+        instruction_source: str = "auto",
+        cameras: Sequence[str] = CAMERAS,
+        image_size: int = 224,
+        chunk_size: int = 16,
+        gamma: float = 0.99,
+        fps: float = 20.0,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        val_fraction: float = 0.01,
+        seed: int = 0,
+        augment: bool = True,
+        eval_center_crop: bool | None = None,
+        demonstration_sampling_prob: float = 0.5,
+        success_rollout_sampling_prob: float = 0.5,
+        treat_demos_as_success_rollouts: bool = False,
+        rollout_dir: str | None = None,
+        instruction: str | None = None,
+        samples_per_epoch: int | None = None,
+        stride: int = 1,
+        statistics_path: str | None = None,
+        flip_images: bool | None = None,
+        proprio_dim: int | None = PROPRIO_DIM,
+        action_dim: int | None = ACTION_DIM,
+        video_backend: str = "auto",
+        pin_memory: bool = False,
+    ):
+        super().__init__(
+            data_dir=data_dir, cameras=cameras, image_size=image_size, chunk_size=chunk_size, gamma=gamma, fps=fps,
+            batch_size=batch_size, num_workers=num_workers, val_fraction=val_fraction, seed=seed, augment=augment,
+            eval_center_crop=eval_center_crop, demonstration_sampling_prob=demonstration_sampling_prob,
+            success_rollout_sampling_prob=success_rollout_sampling_prob,
+            treat_demos_as_success_rollouts=treat_demos_as_success_rollouts, rollout_dir=rollout_dir,
+            instruction=instruction, samples_per_epoch=samples_per_epoch, stride=stride,
+            statistics_path=statistics_path, flip_images=flip_images, proprio_dim=proprio_dim, action_dim=action_dim,
+            video_backend=video_backend, pin_memory=pin_memory,
+        )
+        unknown = [c for c in self.cameras if c not in CAMERAS]
+        if unknown:
+            raise ConfigError(f"data.cameras: unknown LIBERO camera(s) {unknown}; expected some of {list(CAMERAS)}")
+        if instruction_source not in ("auto", "file_name"):
+            raise ConfigError(f"data.instruction_source: expected 'auto' or 'file_name', got '{instruction_source}'")
+        if float(noop_threshold) < 0:
+            raise ConfigError(f"data.noop_threshold: must be >= 0, got {noop_threshold}")
+        self.suites = None if suites is None else [str(s) for s in ([suites] if isinstance(suites, str) else suites)]
+        if self.suites is not None and not self.suites:
+            raise ConfigError("data.suites: empty list; give suite names or null for every file")
+        self.filter_noops = bool(filter_noops)
+        self.noop_threshold = float(noop_threshold)
+        self.instruction_source = instruction_source
+
+    def reader_options(self) -> dict:
+        return {
+            "filter_noops": self.filter_noops,
+            "noop_threshold": self.noop_threshold,
+            "instruction_source": self.instruction_source,
+        }
+
+    def find_episodes(self) -> tuple[list[EpisodeRef], list[EpisodeRef]]:
+        import h5py
+
+        expected = (
+            "LIBERO demonstration files (<TASK>_demo.hdf5 with data/demo_<n>/{actions, robot_states, "
+            "obs/agentview_rgb[_jpeg], obs/eye_in_hand_rgb[_jpeg]}), e.g. the success_only folder of HF "
+            "nvidia/LIBERO-Cosmos-Policy (set $COSMOS_DATA to the folder holding LIBERO-Cosmos-Policy)"
+        )
+        if not self.data_dir or not os.path.isdir(self.data_dir):
+            raise missing_data_dir("libero", self.data_dir, expected)
+        files = find_hdf5_files(self.data_dir, exclude=self.rollout_dir)
+        if not files:
+            raise FileNotFoundError(f"libero: no *.hdf5 files under {self.data_dir}; expected {expected}")
+        if self.suites is not None:
+            picked = []
+            for suite in self.suites:
+                mine = [p for p in files if suite_matches(p, self.data_dir, suite)]
+                if not mine:
+                    folders = sorted({os.path.relpath(os.path.dirname(p), self.data_dir) for p in files})
+                    raise FileNotFoundError(
+                        f"libero: data.suites: no files of suite '{suite}' under {self.data_dir} (expected a folder "
+                        f"named '{suite}' or '{suite}_*'); folders found: {', '.join(folders)}"
+                    )
+                picked += [p for p in mine if p not in picked]
+            files = sorted(picked)
+        demos = []
+        for path in files:
+            try:
+                with h5py.File(path, "r") as f:
+                    keys = demo_keys(f, path)
+            except OSError as e:
+                raise ValueError(f"{path}: cannot open as HDF5 ({e})") from None
+            demos += [EpisodeRef(path, key) for key in keys]
+        return demos, self._find_rollouts()
+
+    def _find_rollouts(self) -> list[EpisodeRef]:
+        if self.rollout_dir is None:
+            return []
+        if not os.path.isdir(self.rollout_dir):
+            raise missing_data_dir(
+                "libero rollouts", self.rollout_dir,
+                "rollout episode files (primary_images[_jpeg], wrist_images[_jpeg], proprio, actions; attrs success, "
+                "task_description), e.g. LIBERO-Cosmos-Policy/all_episodes; data.rollout_dir=null trains without them",
+                override="data.rollout_dir",
+            )
+        files = find_hdf5_files(self.rollout_dir)
+        if self.suites is not None:
+            def suite_of(p: str) -> str | None:
+                m = ROLLOUT_SUITE.search(os.path.basename(p))
+                return m.group(1) if m else None
+
+            files = [p for p in files if suite_of(p) in self.suites]
+        if not files:
+            which = f" of suites {self.suites}" if self.suites is not None else ""
+            raise FileNotFoundError(f"libero: no rollout *.hdf5 files{which} under {self.rollout_dir} (data.rollout_dir)")
+        return [EpisodeRef(p, rollout=True) for p in files]
