@@ -1,0 +1,200 @@
+"""T5 instruction-embedding caches: the official pickle layout, a safer safetensors layout, and building one.
+
+Official layout (``*_t5_embeddings.pkl`` of the released checkpoints and datasets): a pickled dict
+``{instruction: tensor (1, 512, 1024) bfloat16}``, T5-11B encoder outputs with padded positions zeroed.
+Reading a pickle runs code, so ``.pkl`` files load only with ``trust_pickle=True``.
+
+Our default layout (``.safetensors``): one tensor ``embeddings`` (N, 1, 512, D) and, in the file's metadata, a JSON
+list of the N instructions under ``instructions`` (one file, written atomically, no code on load).
+
+Build a cache from a local T5 encoder folder (``transformers`` format, e.g. a download of ``google-t5/t5-11b``)::
+
+    python -m cosmos_lit.weights.t5 --encoder-dir /models/t5-11b --instructions tasks.txt --out t5_cache.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+
+from cosmos_lit.weights.state_io import UntrustedPickleError, untrusted_message
+
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+_TENSOR_KEY = "embeddings"
+_INDEX_KEY = "instructions"
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temp file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _check_entry(path: Path, key: object, value: object) -> None:
+    if not isinstance(key, str):
+        raise ValueError(f"{path}: cache key {key!r} is not a string instruction")
+    if not isinstance(value, torch.Tensor) or value.ndim not in (2, 3) or (value.ndim == 3 and value.shape[0] != 1):
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{path}: embedding of '{key}' is {shape}, expected a tensor (1, L, D) or (L, D)")
+
+
+def load_t5_cache(path: str | Path, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Instruction -> embedding (1, L, D) from an official ``.pkl`` (needs ``trust_pickle``) or our ``.safetensors``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"T5 embedding cache not found: {path}")
+    if path.suffix in PICKLE_SUFFIXES:
+        if not trust_pickle:
+            raise UntrustedPickleError(untrusted_message(path, "T5 embedding cache (pickle)"))
+        with open(path, "rb") as fh:
+            data = pickle.load(fh)
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{path}: expected a pickled dict {{instruction: tensor}}, got {type(data).__name__}")
+        out = {}
+        for key, value in data.items():
+            _check_entry(path, key, value)
+            out[key] = value.detach().cpu().reshape(1, *value.shape[-2:])
+        return out
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: unknown T5 cache format (expected .safetensors or the official .pkl)")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+        if _INDEX_KEY not in meta or _TENSOR_KEY not in fh.keys():
+            raise ValueError(f"{path}: not a cosmos_lit T5 cache (needs tensor '{_TENSOR_KEY}' and metadata '{_INDEX_KEY}')")
+        embeddings = fh.get_tensor(_TENSOR_KEY)
+    instructions = json.loads(meta[_INDEX_KEY])
+    if len(instructions) != embeddings.shape[0]:
+        raise ValueError(f"{path}: {len(instructions)} instructions but {embeddings.shape[0]} embeddings")
+    return {text: embeddings[i] for i, text in enumerate(instructions)}
+
+
+def save_t5_cache(cache: Mapping[str, torch.Tensor], path: str | Path) -> Path:
+    """Write a cache atomically: ``.safetensors`` (our layout) or ``.pkl`` (official layout, (1, L, D) per entry)."""
+    path = Path(path).expanduser()
+    entries = {}
+    for key, value in cache.items():
+        _check_entry(path, key, value)
+        entries[key] = value.detach().cpu().reshape(1, *value.shape[-2:]).contiguous()
+    if path.suffix in PICKLE_SUFFIXES:
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                pickle.dump(entries, fh)
+    elif path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        shapes = {tuple(v.shape) for v in entries.values()}
+        if len(shapes) > 1:
+            raise ValueError(f"{path}: embeddings have different shapes {sorted(shapes)}; pad them to one length")
+        names = list(entries)
+        stacked = torch.stack([entries[n] for n in names]) if names else torch.zeros(0, 1, 0, 0)
+
+        def write(tmp: str) -> None:
+            save_file({_TENSOR_KEY: stacked}, tmp, metadata={_INDEX_KEY: json.dumps(names)})
+    else:
+        raise ValueError(f"{path}: unknown T5 cache format (expected .safetensors or .pkl)")
+    _atomic_write(path, write)
+    return path
+
+
+@torch.inference_mode()
+def encode_instructions(
+    instructions: list[str], tokenizer, encoder, max_length: int = 512, device: str = "cpu", batch_size: int = 8
+) -> torch.Tensor:
+    """T5 encoder outputs (N, max_length, D) with positions past each instruction's tokens set to zero.
+
+    Tokenisation pads to ``max_length`` and truncates (official ``CosmosT5TextEncoder.encode_prompts``); the encoder
+    sees the attention mask; the DiT later attends to all ``max_length`` rows, so the padded rows must be zero.
+    """
+    chunks = []
+    for start in range(0, len(instructions), batch_size):
+        batch = tokenizer(
+            instructions[start:start + batch_size], return_tensors="pt", truncation=True, padding="max_length", max_length=max_length
+        )
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = hidden * mask[..., None].to(hidden.dtype)
+        chunks.append(hidden.float().cpu())
+    return torch.cat(chunks) if chunks else torch.zeros(0, max_length, 0)
+
+
+def build_t5_cache(
+    instructions: Iterable[str],
+    encoder_dir: str | Path,
+    out_path: str | Path,
+    max_length: int = 512,
+    device: str = "cpu",
+    batch_size: int = 8,
+    store_dtype: torch.dtype = torch.bfloat16,
+) -> dict[str, torch.Tensor]:
+    """Encode unique instructions with a local T5 encoder and write the cache (format from ``out_path``'s suffix).
+
+    Args:
+        instructions: task instructions (duplicates are encoded once).
+        encoder_dir: local ``transformers`` folder with the T5 tokenizer and weights (nothing is downloaded).
+        out_path: ``.safetensors`` (default layout) or ``.pkl`` (official layout).
+        max_length: padded token length (official: 512).
+        device: where the encoder runs.
+        store_dtype: dtype of the stored embeddings (official: bfloat16).
+
+    Returns:
+        instruction -> embedding (1, max_length, D) as written.
+    """
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    encoder_dir = Path(encoder_dir).expanduser()
+    if not (encoder_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"T5 encoder folder not found or incomplete: {encoder_dir} (expected a transformers folder with config.json, "
+            f"the weights and the tokenizer, e.g. a local copy of google-t5/t5-11b)"
+        )
+    unique = list(dict.fromkeys(instructions))
+    tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
+    encoder = T5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True).to(device).eval()
+    embeddings = encode_instructions(unique, tokenizer, encoder, max_length=max_length, device=device, batch_size=batch_size)
+    cache = {text: embeddings[i : i + 1].to(store_dtype) for i, text in enumerate(unique)}
+    save_t5_cache(cache, out_path)
+    return cache
+
+
+def _read_instructions(path: Path) -> list[str]:
+    text = path.read_text()
+    if path.suffix == ".json":
+        data = json.loads(text)
+        if not isinstance(data, list) or not all(isinstance(s, str) for s in data):
+            raise ValueError(f"{path}: expected a JSON list of instruction strings")
+        return data
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cosmos_lit.weights.t5", description="Build a T5 instruction-embedding cache.")
+    parser.add_argument("--encoder-dir", required=True, help="local transformers T5 folder (no download)")
+    parser.add_argument("--instructions", required=True, help="text file, one instruction per line, or a JSON list")
+    parser.add_argument("--out", required=True, help="output .safetensors (default layout) or .pkl (official layout)")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args(argv)
+    instructions = _read_instructions(Path(args.instructions))
+    cache = build_t5_cache(instructions, args.encoder_dir, args.out, args.max_length, args.device, args.batch_size)
+    print(f"wrote {len(cache)} embeddings to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
