@@ -6,12 +6,13 @@ One :class:`ImagePipeline` serves training, validation and deployment; per sampl
 2. orientation: ``flip=True`` flips rows (``np.flipud``) for sources stored or rendered upside-down (LIBERO,
    robosuite and RoboCasa envs render upside-down; the Cosmos datasets store upright frames);
 3. optional JPEG round trip at ``jpeg_quality`` (deployment on benchmarks whose training data is JPEG);
-4. geometry, one resampling: resize to S×S, then either
+4. geometry, one resampling: resize to S×S (JPEGs at least 2S on a side decode at 1/2–1/8 size; raw frames are
+   halved by 2×2 area averaging while at least 2S), then either
    - training augmentation (reference/method.md §7): a random square crop of 90% of the area
      (side ``round(S·√0.9)``, as torchvision's RandomResizedCrop(scale=(0.9, 0.9), ratio=(1, 1))) resized back to
      S, then a rotation by U(−5°, 5°) about the centre with black corners; or
    - the test-time centre crop (``center_crop=True``): side ``int(S·√0.9)`` (212 for S=224), resized back to S;
-   sources more than 1.5× larger than S are first area-resized to S so the warp does not alias;
+   sources still more than 1.5× larger than S are first area-resized to S so the warp does not alias;
 5. colour jitter in the official order, brightness U(0.7, 1.3), contrast U(0.6, 1.4), saturation U(0.5, 1.5),
    hue U(−0.05, 0.05) (fraction of a full turn), composed into one affine colour matrix (:func:`colour_matrix`)
    applied to uint8 in one saturating pass;
@@ -97,6 +98,30 @@ def decode_image(data: bytes | np.ndarray, reduce: int = 1) -> np.ndarray:
         head = bytes(buf[:4]).hex() if buf.size else "empty"
         raise ValueError(f"corrupt or unsupported image bytes ({buf.size} bytes, starting {head}); expected JPEG or PNG")
     return img if reduce == 1 and _RGB_FLAG else cv.cvtColor(img, cv.COLOR_BGR2RGB)
+
+
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's frame header without decoding, or None when it is not a parsable JPEG."""
+    buf = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    if buf[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 9 <= len(buf):
+        if buf[pos] != 0xFF:
+            return None
+        marker = buf[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _SOF_MARKERS:
+            return int.from_bytes(buf[pos + 5 : pos + 7], "big"), int.from_bytes(buf[pos + 7 : pos + 9], "big")
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        pos += 2 + int.from_bytes(buf[pos + 2 : pos + 4], "big")
+    return None
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
@@ -264,13 +289,25 @@ class ImagePipeline:
             flip: overrides ``self.flip`` for this frame (per-episode orientation).
         """
         cv = cv2()
-        img = decode_image(frame) if is_encoded(frame) else _check_rgb(frame)
+        s = int(self.image_size)
+        if is_encoded(frame):
+            # large JPEGs decode at 1/2, 1/4 or 1/8 size straight away when that still covers S×S (the round trip
+            # of deployment needs the full image, so not then)
+            size = jpeg_size(frame) if self.jpeg_quality is None else None
+            reduce = 1
+            while size is not None and reduce < 8 and min(size) // (2 * reduce) >= s:
+                reduce *= 2
+            img = decode_image(frame, reduce)
+        else:
+            img = _check_rgb(frame)
         if self.flip if flip is None else flip:
             img = img[::-1]
         if self.jpeg_quality is not None:
             img = jpeg_round_trip(np.ascontiguousarray(img), self.jpeg_quality)
-        s = int(self.image_size)
         h, w = img.shape[:2]
+        while h >= 2 * s and w >= 2 * s:  # exact 2× area halving is OpenCV's fast path
+            img = cv.resize(np.ascontiguousarray(img), (w // 2, h // 2), interpolation=cv.INTER_AREA)
+            h, w = img.shape[:2]
         if h > 1.5 * s or w > 1.5 * s:  # area-resize first: a bilinear warp would alias strong downscales
             img = cv.resize(np.ascontiguousarray(img), (s, s), interpolation=cv.INTER_AREA)
             h, w = s, s

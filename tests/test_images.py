@@ -184,3 +184,19 @@ def test_bad_input_messages():
         ImagePipeline(image_size=8).frame(np.zeros((8, 8), np.float32))
     with pytest.raises(ValueError, match="image_size must be positive"):
         ImagePipeline(image_size=0)
+
+
+def test_large_sources_take_the_fast_paths_and_match_full_resize():
+    from cosmos_lit.images import jpeg_size
+
+    img = scene(480, 640)
+    data = encode_jpeg(img, 95)
+    assert jpeg_size(data) == (480, 640) and jpeg_size(np.frombuffer(data, np.uint8)) == (480, 640)
+    assert jpeg_size(b"not a jpeg") is None
+    pipe = ImagePipeline(image_size=112)
+    ref = hwc(TF.resize(torch_chw(img), [112, 112], antialias=True))
+    from_jpeg = pipe.frame(data)  # decoded at 1/2 size (240x320 still covers 112 at 2x: 1/4 -> 120x160)
+    from_raw = pipe.frame(img)  # 2x2 area halving, then area resize
+    assert from_jpeg.shape == from_raw.shape == (112, 112, 3)
+    assert np.abs(from_raw.astype(int) - ref).mean() < 2.0
+    assert np.abs(from_jpeg.astype(int) - ref).mean() < 3.0
