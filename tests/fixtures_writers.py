@@ -55,6 +55,8 @@ def make_frame(t: int, cam: int, size: int, upside_down: bool = False) -> np.nda
 
 
 def frames(length: int, cam: int, size: int, upside_down: bool = False) -> np.ndarray:
+    if length == 0:
+        return np.zeros((0, size, size, 3), np.uint8)
     return np.stack([make_frame(t, cam, size, upside_down) for t in range(length)])
 
 
@@ -92,7 +94,7 @@ def _images(group: h5py.Group, key: str, images: np.ndarray, jpeg: bool) -> None
         for i, img in enumerate(images):
             ds[i] = np.frombuffer(encode_jpeg(img, 95), np.uint8)
     else:
-        group.create_dataset(key, data=images, chunks=(1, *images.shape[1:]))
+        group.create_dataset(key, data=images, chunks=(1, *images.shape[1:]) if len(images) else None)
 
 
 def _axis_angle(quat: np.ndarray) -> np.ndarray:
