@@ -55,7 +55,14 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from cosmos_lit.images import AugmentParams, ImagePipeline
 from cosmos_lit.layout import POLICY, VALUE, WORLD_MODEL
-from cosmos_lit.normalization import check_statistics, compute_statistics, load_statistics, normalize, save_statistics
+from cosmos_lit.normalization import (
+    check_statistics,
+    compute_statistics,
+    load_statistics,
+    normalize,
+    save_statistics,
+    unnormalize,
+)
 from cosmos_lit.registry import ConfigError
 from cosmos_lit.spec import DataSpec
 
@@ -751,16 +758,26 @@ class EpisodeDataModule(L.LightningDataModule):
         return {"statistics": self._statistics, "spec": self._spec.to_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """On resume the checkpoint's statistics win: the model was trained with them."""
         stats = state_dict.get("statistics")
         if not stats:
             return
-        if self._ready and stats != self._statistics:
-            warnings.warn(
-                f"{type(self).__name__}: the checkpoint's statistics differ from {self.statistics_file}; "
-                "the data keeps the current ones (delete the file to recompute, or set data.statistics_path)"
-            )
-        elif not self._ready:
+        if not self._ready:
             self._checkpoint_statistics = stats
+            return
+        if stats == self._statistics:
+            return
+        dims = {"actions": self._spec.action_dim, "proprio": self._spec.proprio_dim}
+        check_statistics(stats, dims, source="statistics from the checkpoint")
+        warnings.warn(
+            f"{type(self).__name__}: the checkpoint's statistics differ from {self.statistics_file}; "
+            "normalizing with the checkpoint's (the model was trained with them)"
+        )
+        for info in self._episodes:
+            for group in ("proprio", "actions"):
+                raw = unnormalize(getattr(info, group), self._statistics, group)
+                setattr(info, group, normalize(raw, stats, group).astype(np.float32))
+        self._statistics = stats
 
 
 def missing_data_dir(name: str, data_dir: str | None, expected: str, override: str = "data.data_dir") -> FileNotFoundError:

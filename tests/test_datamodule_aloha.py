@@ -352,3 +352,52 @@ def test_rollout_dir_inside_data_dir_is_not_counted_as_demos(tmp_path):
     dm = AlohaDataModule(data_dir=str(tmp_path), rollout_dir=str(tmp_path / "rollouts"), image_size=8, val_fraction=0)
     dm.setup()
     assert [r.rollout for r in dm.episodes] == [False, False, True]
+
+
+def test_checkpoint_statistics_win_on_resume(tmp_path):
+    write(tmp_path, 2, length=8, cameras=("top",))
+    dm = AlohaDataModule(data_dir=str(tmp_path), image_size=8, val_fraction=0.0, augment=False)
+    dm.setup()
+    before = dm.train_dataset()[3]
+    trained = {k: list(v) for k, v in dm.statistics.items()}
+    trained["actions_max"] = [v + 2.0 for v in trained["actions_max"]]
+    dm.load_state_dict({"statistics": trained})  # after setup, as Trainer.fit(ckpt_path=...) does
+    after = dm.train_dataset()[3]
+    assert dm.statistics == trained
+    np.testing.assert_allclose(unnormalize(after["actions"].numpy(), trained, "actions"),
+                               unnormalize(before["actions"].numpy(), load_statistics(tmp_path / STATISTICS_FILE),
+                                           "actions"), atol=1e-4)
+    fresh = AlohaDataModule(data_dir=str(tmp_path), image_size=8, val_fraction=0.0)
+    fresh.load_state_dict({"statistics": trained})  # before setup: used instead of the cached file
+    fresh.setup()
+    assert fresh.statistics == trained
+
+
+def test_lightning_fit_and_checkpoint_carry_statistics(tmp_path):
+    import lightning as L
+
+    class Probe(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(14, 14)
+
+        def training_step(self, batch, _):
+            pred = self.head(batch["proprio"])[:, None]
+            return (pred - batch["actions"]).abs().mean() + 0 * batch["images"].mean()
+
+        def validation_step(self, batch, _):
+            assert (batch["sample_type"] == POLICY).all()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    data = write(tmp_path / "data", 3, length=8, cameras=("top",))
+    dm = AlohaDataModule(data_dir=str(data), image_size=8, chunk_size=4, batch_size=4, val_fraction=0.34)
+    trainer = L.Trainer(max_steps=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        default_root_dir=str(tmp_path))
+    trainer.fit(Probe(), datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "probe.ckpt")
+    ckpt = torch.load(tmp_path / "probe.ckpt", weights_only=False)
+    assert ckpt["AlohaDataModule"]["statistics"] == dm.statistics
+    assert ckpt["AlohaDataModule"]["spec"]["cameras"] == ["top"]
