@@ -93,7 +93,36 @@ def test_images_upright_and_jpeg_like_training(libero_env):
 
 @pytest.mark.libero
 def test_same_seed_same_start(libero_env):
-    a, b, c = (libero_env.reset(seed=s) for s in (4, 54, 5))  # 54 % 50 == 4: the same initial state
+    a, b, c = (libero_env.reset(seed=s) for s in (4, 4, 54))
     np.testing.assert_array_equal(a["proprio"], b["proprio"])
     np.testing.assert_array_equal(a["images"]["primary"], b["images"]["primary"])
-    assert not np.array_equal(a["images"]["primary"], c["images"]["primary"])  # objects start elsewhere
+    # 54 % 50 == 4: the same initial state (robot and objects), but the fixtures (cabinet, stove), which LIBERO's
+    # initial states do not hold, are placed from another seed
+    np.testing.assert_array_equal(a["proprio"], c["proprio"])
+    assert not np.array_equal(a["images"]["primary"], c["images"]["primary"])
+
+
+@pytest.mark.sim
+def test_envpool_runs_libero_in_its_own_venv():
+    """From the main venv, an EnvPool worker started with .venv-libero/bin/python builds and steps the env."""
+    try:
+        import libero.libero  # noqa: F401
+
+        pytest.skip("this interpreter has LIBERO itself: the cross-venv path is tested from the main venv")
+    except ImportError:
+        pass
+    if not VENV_PYTHON.exists():
+        _libero_or_skip()  # fails in CI, skips elsewhere
+    from cosmos_lit.envs.worker import EnvPool
+
+    cfg = {"name": "libero", "image_size": 64, "max_steps": 2, "num_wait_steps": 2}
+    pool = EnvPool(cfg, num_workers=1, python_executable=str(VENV_PYTHON))
+    try:
+        assert pool.specs[0]["cameras"] == ["wrist", "primary"] and pool.specs[0]["action_dim"] == 7
+        (obs,) = pool.reset([0])
+        assert obs["images"]["primary"].shape == (64, 64, 3) and obs["proprio"].shape == (9,)
+        _, _, done, info = pool.step([np.zeros(7)])[0]
+        _, _, done, info = pool.step([np.zeros(7)])[0]
+        assert done is True and info["success"] is False
+    finally:
+        pool.close()

@@ -9,7 +9,10 @@ The episode protocol follows the official LIBERO evaluation that Cosmos Policy u
 
 - ``reset(seed)`` restores one of the suite's fixed initial states (index ``seed % n`` unless
   ``init_state_index`` is given), then runs ``num_wait_steps`` no-op steps (``[0]*6 + [-1]``: hold still, gripper
-  open) so that objects settle; these steps do not count toward ``max_steps``.
+  open) so that objects settle; these steps do not count toward ``max_steps``. The initial states hold the robot
+  and the movable objects only: fixtures (cabinets, stoves) are placed when the scene is rebuilt, from
+  ``np.random`` seeded with ``seed``. So one seed always gives the same scene; the official script instead seeds
+  once with 0 and resets in sequence, so its episode k is not reproduced pixel for pixel.
 - ``max_steps`` defaults to the per-suite horizon: spatial 220, object 280, goal 300, libero_10 520, libero_90 400.
 - Images ``agentview_image`` ("primary") and ``robot0_eye_in_hand_image`` ("wrist") are rendered at
   ``image_size``², flipped upright, and JPEG (q95) round-tripped, as the Cosmos Policy datasets store them.
