@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from cosmos_lit.datamodules.base import EpisodeDataModule, EpisodeReader, EpisodeRef, missing_data_dir
+from cosmos_lit.images import decode_image
 from cosmos_lit.registry import register
 
 REAL_CAMERAS = ("cam_left_wrist", "cam_right_wrist", "cam_high")
@@ -181,6 +182,11 @@ class AlohaEpisodeReader(EpisodeReader):
                 raise self.fail(f"key '{key}' has {ds.shape[0]} frames; expected {t} (the length of 'action')")
             if kind == "raw" and (ds.shape[3] != 3 or ds.dtype != np.uint8):
                 raise self.fail(f"key '{key}' has shape {ds.shape} dtype {ds.dtype}; expected (T, H, W, 3) uint8")
+            if kind in ("jpeg_padded", "jpeg_vlen"):  # decode the first frame: catches non-JPEG payloads early
+                try:
+                    decode_image(self.frames(cam, [0])[0])
+                except ValueError as e:
+                    raise self.fail(f"key '{key}' frame 0: {e}") from None
             if kind == "jpeg_padded":
                 row = self._compress_len_row(cam)
                 if row is not None:

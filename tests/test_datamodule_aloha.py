@@ -328,6 +328,16 @@ def test_corrupt_jpeg_message(tmp_path):
         ds[idx]
 
 
+def test_corrupt_first_jpeg_stops_setup(tmp_path):
+    write(tmp_path, 1, length=6, storage="jpeg_vlen", cameras=("top",))
+
+    def corrupt(f):
+        f["observations/images/top"][0] = np.arange(50, dtype=np.uint8)
+    _edit(tmp_path / "episode_0.hdf5", corrupt)
+    with pytest.raises(ValueError, match=r"episode_0\.hdf5: key 'observations/images/top' frame 0: corrupt or unsupported"):
+        AlohaDataModule(data_dir=str(tmp_path), image_size=8).setup()
+
+
 def test_corrupt_and_missing_video_messages(tmp_path):
     write(tmp_path, 1, length=6, storage="mp4")
     video = tmp_path / "episode_0_cam_high.mp4"
