@@ -30,6 +30,7 @@ TOP_LEVEL_KEYS = {
     "callbacks", "checkpoint", "experiment", "export", "predict", "notes",
 }
 COMMANDS = ("fit", "validate", "test", "predict")
+FRAMEWORK_KEYS = ("run_dir", "run_name", "ckpt_path", "seed")
 
 
 class CliError(Exception):
@@ -49,6 +50,8 @@ def compose(config_file: str | Path, overrides: list[str]) -> tuple[Any, dict[st
     path = Path(config_file).expanduser().resolve()
     if not path.is_file():
         raise CliError(f"--config: file not found: {path}")
+    # framework keys may be set whether or not the primary config declares them
+    overrides = [f"++{o}" if o.split("=", 1)[0] in FRAMEWORK_KEYS else o for o in overrides]
     search = [f"file://{BUILTIN_CONFIGS}"] if BUILTIN_CONFIGS.is_dir() and BUILTIN_CONFIGS != path.parent else []
     extra = [f"hydra.searchpath=[{','.join(search)}]"] if search else []
     GlobalHydra.instance().clear()
@@ -363,7 +366,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("-m", "--multirun", action="store_true", help="expand sweep overrides; one subprocess per job")
     p.add_argument("--dry-run", action="store_true", help="with -m: print the job commands only")
     p.add_argument("overrides", nargs="*", help="Hydra overrides (key=value, group=option); for 'list': a kind")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     # LightningCLI muscle memory: --trainer.max_steps=5 -> trainer.max_steps=5
     args.overrides = [o[2:] if o.startswith("--") and "=" in o else o for o in args.overrides]
     return args

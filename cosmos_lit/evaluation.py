@@ -83,12 +83,14 @@ def run_episodes(
 def _run_wave(policy: Any, pool: Any, env_name: str, task_name: str, wave: list[int], first_index: int,
               max_steps: int | None, num_videos: int, video_dir: str | Path | None, video_fps: float,
               cameras: tuple[str, ...], start: float, time_budget_s: float | None) -> list[EpisodeResult]:
+    from cosmos_lit.envs.worker import WorkerError
+
     n = len(wave)
     t0 = time.monotonic()
-    reset_out = pool.reset(wave, slots=list(range(n)))
-    obs: list[Any] = list(reset_out)
-    errors: list[str | None] = [o if isinstance(o, str) else None for o in obs]
-    horizon = max_steps or pool.max_steps
+    obs: list[Any] = list(pool.reset(list(wave) + [None] * (pool.num_workers - n)))[:n]
+    errors: list[str | None] = [o.message if isinstance(o, WorkerError) else None for o in obs]
+    spec_steps = [s.get("max_steps", 0) if isinstance(s, dict) else 0 for s in pool.specs]
+    horizon = max_steps or max(spec_steps + [1])
     steps = [0] * n
     total = [0.0] * n
     best = [0.0] * n
@@ -114,11 +116,14 @@ def _run_wave(policy: Any, pool: Any, env_name: str, task_name: str, wave: list[
             live_now = [i for i in live if not done[i]]
             if not live_now:
                 break
-            acts = {i: out["actions"][live.index(i), k] for i in live_now}
-            step_out = pool.step([acts[i] for i in live_now], slots=live_now)
-            for i, res in zip(live_now, step_out):
-                if isinstance(res, str):
-                    errors[i], done[i] = res, True
+            acts: list[Any] = [None] * pool.num_workers
+            for i in live_now:
+                acts[i] = out["actions"][live.index(i), k]
+            step_out = pool.step(acts)
+            for i in live_now:
+                res = step_out[i]
+                if isinstance(res, WorkerError):
+                    errors[i], done[i] = res.message.strip().splitlines()[-1] if res.message.strip() else "worker error", True
                     continue
                 o, r, d, info = res
                 obs[i] = o

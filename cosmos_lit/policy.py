@@ -52,10 +52,12 @@ class CosmosPolicy:
         image_pipeline: test-time image options of ``cosmos_lit.images.ImagePipeline`` (``flip``, ``jpeg_quality``,
             ``center_crop``) or ``{benchmark: libero|robocasa|aloha}`` for the official preset; default plain resize.
         seed: base seed of the sampling noise; query i uses seed + i (deterministic evaluation).
+        clip_actions: clamp normalized actions to [-1, 1] (the demonstrations' range) before un-normalizing; the
+            official code does not, but an undertrained model otherwise sends joint targets far outside it.
     """
 
     def __init__(self, task: Any, planner: Any = None, num_steps: int | None = None, execute_steps: int | None = None,
-                 image_pipeline: dict[str, Any] | None = None, seed: int = 0):
+                 image_pipeline: dict[str, Any] | None = None, seed: int = 0, clip_actions: bool = True):
         self.task = task.eval()
         self.planner = planner if planner is not None else task.planner
         if num_steps is not None and hasattr(self.planner, "num_steps"):
@@ -72,6 +74,7 @@ class CosmosPolicy:
         else:
             self.pipeline = ImagePipeline(image_size=self.spec.image_size, **opts)
         self.seed = seed
+        self.clip_actions = clip_actions
         self.queries = 0
         self.statistics = {k: list(v) for k, v in task.statistics.items()}
         if "actions_min" not in self.statistics or "proprio_min" not in self.statistics:
@@ -107,7 +110,8 @@ class CosmosPolicy:
         instructions = [str(o.get("instruction", "")) for o in observations]
         out = self.planner.plan(self.task, images, proprio_t, instructions, seed=self.seed + self.queries)
         self.queries += 1
-        actions = unnormalize(out["actions"].float().cpu().numpy(), self.statistics, "actions")
+        actions = out["actions"].float().clamp(-1, 1) if self.clip_actions else out["actions"].float()
+        actions = unnormalize(actions.cpu().numpy(), self.statistics, "actions")
         result: dict[str, Any] = {"actions": actions.astype(np.float32), "latents": out["latents"]}
         if "value" in out:
             result["value"] = out["value"].float().cpu().numpy()

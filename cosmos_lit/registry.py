@@ -121,12 +121,13 @@ REGISTRIES: dict[str, Registry] = {
         "datamodule",
         [
             "cosmos_lit.datamodules.aloha",
+            "cosmos_lit.datamodules.aloha_sim",
             "cosmos_lit.datamodules.libero",
             "cosmos_lit.datamodules.robocasa",
             "cosmos_lit.datamodules.lerobot",
         ],
     ),
-    "env": Registry("env", ["cosmos_lit.envs.aloha", "cosmos_lit.envs.robosuite", "cosmos_lit.envs.libero"]),
+    "env": Registry("env", ["cosmos_lit.envs.aloha", "cosmos_lit.envs.debug_env", "cosmos_lit.envs.robosuite", "cosmos_lit.envs.libero"]),
     "callback": Registry("callback", ["cosmos_lit.callbacks"]),
     "task": Registry("task", ["cosmos_lit.tasks.post_training"]),
 }

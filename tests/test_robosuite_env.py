@@ -119,6 +119,8 @@ def test_unknown_task_and_missing_robocasa_are_clear():
 
     with pytest.raises(ConfigError, match="not a robosuite task"):
         build({"name": "robosuite", "env_name": "PnPCounterToCab"}, "env")
+    with pytest.raises(ConfigError, match="env.cameras: .*agentvew"):
+        build({"name": "robosuite", "cameras": ["agentvew"], "image_size": 32}, "env")
     try:
         import robocasa  # noqa: F401
     except ImportError:

@@ -21,22 +21,10 @@ import lightning as L
 import torch
 
 from cosmos_lit.registry import ConfigError, register
+from cosmos_lit.weights.cosmos_dit import COSMOS_PREDICT2_2B_V2W
 
-COSMOS_PREDICT2_2B: dict[str, Any] = dict(
-    in_channels=17,
-    out_channels=16,
-    num_attention_heads=16,
-    attention_head_dim=128,
-    num_layers=28,
-    mlp_ratio=4.0,
-    text_embed_dim=1024,
-    adaln_lora_dim=256,
-    max_size=(128, 240, 240),
-    patch_size=(1, 2, 2),
-    rope_scale=(1.0, 3.0, 3.0),
-    concat_padding_mask=True,
-    extra_pos_embed_type=None,
-)
+# The exact 2B Video2World network (reference/backbone.md §1.1), shared with the weight loaders.
+COSMOS_PREDICT2_2B: dict[str, Any] = COSMOS_PREDICT2_2B_V2W
 
 COSMOS_PREDICT2_TINY: dict[str, Any] = dict(
     COSMOS_PREDICT2_2B, num_attention_heads=2, attention_head_dim=32, num_layers=2, text_embed_dim=32, adaln_lora_dim=16
@@ -81,7 +69,8 @@ class BackboneAdapter(L.LightningModule):
         if pretrained:
             from cosmos_lit.weights.cosmos_dit import load_dit_weights
 
-            load_dit_weights(self.net, pretrained, trust_pickle=trust_pickle)
+            # fp32 master weights (bf16 autocast happens in the Trainer); the loader casts tensor by tensor
+            load_dit_weights(self.net, pretrained, trust_pickle=trust_pickle, dtype=torch.float32)
         if gradient_checkpointing:
             self.net.enable_gradient_checkpointing()
         if attention_backend:
