@@ -1,9 +1,11 @@
 """Random-access frame reading from video files (MP4 episodes of the ALOHA / LeRobot layouts).
 
 ``VideoReader(path).frames([t, t + K])`` returns uint8 RGB (H, W, 3) arrays. The backend is decord when it is
-installed (``RequirementCache("decord")``; ~2× faster for long sequential reads) and PyAV otherwise; both give
-the same frames. For short-GOP files (encode training videos with ``-g 8..16``) random access costs ~1–2 ms a
-frame with either (reference/simulators.md §F).
+installed (``RequirementCache("decord")``) and PyAV otherwise; both give the same frames. Encode training videos
+with a short GOP (``-g 8..16``): random access decodes from the previous keyframe. Measured here on 256² GOP-10
+H.264 (benchmarks/bench_loader.py), a training sample's two far-apart frames cost ~4.4 ms of CPU with PyAV and
+~13 ms with decord 0.6.0; decord is faster only for long sequential reads, so pass ``backend="pyav"``
+(``data.video_backend=pyav``) for random-access training.
 
 Readers hold an open container: create them lazily inside each loader worker, never in the parent process.
 A file that cannot be opened or decoded raises ValueError naming the file and frame.
