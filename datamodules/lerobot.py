@@ -224,7 +224,8 @@ class _ParquetCache:
             out = {}
             for n in present:
                 col = table.column(n).combine_chunks()
-                if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type):
+                t = col.type
+                if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
                     values = np.asarray(col.flatten().to_numpy(zero_copy_only=False))
                     out[n] = values.reshape(len(col), -1) if len(col) else values.reshape(0, 0)
                 else:
