@@ -37,7 +37,7 @@ class SimEvalCallback(L.Callback):
         max_steps: episode horizon (default: the env's).
         num_videos: episodes recorded as mp4 per evaluation.
         time_budget_s: wall-clock budget per evaluation.
-        image_pipeline: test-time image options (see ``cosmos_lit.images.test_time_transform``).
+        image_pipeline: test-time image options of ``cosmos_lit.images.ImagePipeline`` or ``{benchmark: ...}``.
         python_executable: interpreter for env workers (LIBERO lives in its own environment).
         at_start: also evaluate before the first optimizer step.
     """

@@ -1,0 +1,134 @@
+"""The command line: composition, config-group swaps, run directories, sweeps, and one-line errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from cosmos_lit.cli import CliError, build_task, compose, expand_sweep, resolve
+from cosmos_lit.spec import DataSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+ALOHA_SIM = str(ROOT / "configs" / "aloha_sim.yaml")
+
+
+class _FakeDM:
+    """Stands in for a set-up DataModule: only spec and statistics are read when building the task."""
+
+    def __init__(self, spec: DataSpec):
+        self.spec = spec
+        d = {"actions": spec.action_dim, "proprio": spec.proprio_dim}
+        self.statistics = {f"{g}_{s}": [float(s == "max")] * n for g, n in d.items() for s in ("min", "max")}
+
+
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cosmos_lit", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [l for l in proc.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("primary", ["aloha_sim", "aloha", "libero", "robocasa"])
+def test_every_primary_config_composes(primary):
+    cfg, choices = compose(ROOT / "configs" / f"{primary}.yaml", [])
+    plain = resolve(cfg)
+    assert {"data", "model", "trainer"} <= set(plain)
+    assert choices["model/backbone"] in ("cosmos_predict2_tiny", "cosmos_predict2_2b")
+
+
+def test_swap_backbone_and_image_encoder_by_config():
+    spec = DataSpec(cameras=("top",), proprio_dim=14, action_dim=14, chunk_size=50, image_size=64)
+    cfg, choices = compose(ALOHA_SIM, ["model/backbone=cosmos_predict2_2b", "model.backbone.meta_init=true",
+                                       "model/image_encoder=wan2.1", "+model.image_encoder.meta_init=true"])
+    assert choices["model/backbone"] == "cosmos_predict2_2b" and choices["model/image_encoder"] == "wan2.1"
+    task = build_task(resolve(cfg), _FakeDM(spec))
+    assert sum(p.numel() for p in task.backbone.parameters()) == 1_956_413_440
+    assert task.backbone.net.patch_embed.proj.weight.is_meta
+    assert task.text_encoder.dim == 1024  # the tiny text embedder follows the backbone's cross-attention width
+    assert 126e6 < sum(p.numel() for p in task.image_encoder.parameters()) < 128e6
+
+    cfg, _ = compose(ALOHA_SIM, [])
+    tiny = build_task(resolve(cfg), _FakeDM(spec))
+    assert sum(p.numel() for p in tiny.backbone.parameters()) < 5e6
+    assert tiny.layout.num_frames == 7 and type(tiny.planner).__name__ == "DirectPolicy"
+
+    cfg, _ = compose(ALOHA_SIM, ["planner=best_of_n", "model/value_head=none"])
+    swapped = build_task(resolve(cfg), _FakeDM(spec))
+    assert type(swapped.planner).__name__ == "BestOfN" and swapped.layout.num_frames == 6
+
+
+def test_override_typo_is_one_line():
+    with pytest.raises(CliError, match=r"Could not override 'trainer.max_stepz'"):
+        compose(ALOHA_SIM, ["trainer.max_stepz=5"])
+    with pytest.raises(CliError, match=r"Could not find 'model/backbone/tinny'.*cosmos_predict2_tiny"):
+        compose(ALOHA_SIM, ["model/backbone=tinny"])
+
+
+def test_yaml_key_typos_are_one_line(tmp_path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("defaults:\n  - /aloha_sim\n  - _self_\ntrainer:\n  max_stepz: 3\n")
+    line = one_line_error(cli("fit", "--config", str(bad), f"data.data_dir={tmp_path}/none"))
+    assert "trainer.max_stepz" in line and "max_steps" in line
+    bad.write_text("defaults:\n  - /aloha_sim\n  - _self_\ndata:\n  batch_sise: 3\n")
+    line = one_line_error(cli("fit", "--config", str(bad)))
+    assert "data.batch_sise" in line and "batch_size" in line
+    bad.write_text("defaults:\n  - /aloha_sim\n  - _self_\ntrainr:\n  max_steps: 3\n")
+    line = one_line_error(cli("fit", "--config", str(bad)))
+    assert "trainr" in line and "did you mean 'trainer'" in line
+
+
+def test_unknown_registry_name_is_one_line():
+    line = one_line_error(cli("fit", "--config", ALOHA_SIM, "model.backbone.name=cosmos_predict3"))
+    assert "model.backbone.name" in line and "cosmos_predict3" in line
+
+
+def test_missing_data_directory_is_one_line(tmp_path):
+    line = one_line_error(cli("fit", "--config", ALOHA_SIM, "data=aloha", f"data.data_dir={tmp_path}/nowhere",
+                              "model/text_encoder=hash"))
+    assert "nowhere" in line and "data.data_dir" in line
+
+
+def test_malformed_hdf5_is_one_line(tmp_path):
+    d = tmp_path / "episodes"
+    d.mkdir()
+    for i in range(3):
+        with h5py.File(d / f"episode_{i}.hdf5", "w") as f:
+            f.attrs["sim"] = True
+            f.create_dataset("observations/qpos", data=np.zeros((20, 14), np.float32))
+            f.create_dataset("observations/images/top", data=np.zeros((20, 32, 32, 3), np.uint8))
+            if i != 1:
+                f.create_dataset("action", data=np.zeros((20, 14), np.float32))
+    line = one_line_error(cli("fit", "--config", ALOHA_SIM, "data=aloha", f"data.data_dir={d}", "data.cameras=[top]"))
+    assert "episode_1.hdf5" in line and "action" in line
+    with h5py.File(d / "episode_1.hdf5", "a") as f:
+        f.create_dataset("action", data=np.zeros((20, 9), np.float32))
+    line = one_line_error(cli("fit", "--config", ALOHA_SIM, "data=aloha", f"data.data_dir={d}", "data.cameras=[top]"))
+    assert "episode_1.hdf5" in line and "14" in line
+
+
+def test_robocasa_without_data_says_what_and_where(tmp_path):
+    line = one_line_error(cli("fit", "--config", str(ROOT / "configs" / "robocasa.yaml"), f"data.data_dir={tmp_path}/rc"))
+    assert "data.data_dir" in line and "RoboCasa" in line
+
+
+def test_print_config_and_list():
+    out = cli("fit", "--config", ALOHA_SIM, "--print-config", "planner=best_of_n")
+    assert out.returncode == 0, out.stderr
+    assert "best_of_n" in out.stdout and "cosmos_predict2_tiny" in out.stdout
+
+
+def test_sweep_expansion_and_dry_run():
+    jobs = expand_sweep(["task.optim.lr=1e-4,3e-4", "model/value_head=frame,none", "seed=1"])
+    assert len(jobs) == 4 and ["task.optim.lr=0.0001", "model/value_head=frame", "seed=1"] in jobs
+    out = cli("fit", "--config", ALOHA_SIM, "-m", "--dry-run", "seed=1,2")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("[job ") == 2 and "run_dir=" in out.stdout
