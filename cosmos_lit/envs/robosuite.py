@@ -41,6 +41,7 @@ INSTRUCTIONS = {
     "Stack": "stack the red cube on top of the green cube",
 }
 DEFAULT_MAX_STEPS = {"Lift": 300, "Stack": 400}
+ROBOSUITE_CAMERAS = ("agentview", "robot0_eye_in_hand", "frontview", "birdview", "sideview", "robot0_robotview")
 # RoboCasa: 7-D policy action + (base x, y, yaw, torso, base mode = -1 arm) -> PandaOmron's 12-D action.
 ROBOCASA_ACTION_PAD = (0.0, 0.0, 0.0, 0.0, -1.0)
 ROBOCASA_CAMERAS = ("robot0_agentview_left", "robot0_agentview_right", "robot0_eye_in_hand")
@@ -152,20 +153,28 @@ class RobosuiteEnv:
             )
         from robosuite.controllers import load_composite_controller_config
 
-        return robosuite.make(
-            self.env_name,
-            robots=self.robot,
-            controller_configs=load_composite_controller_config(controller="BASIC"),
-            has_renderer=False,
-            has_offscreen_renderer=True,
-            use_camera_obs=True,
-            camera_names=list(self.cameras),
-            camera_heights=self.image_size,
-            camera_widths=self.image_size,
-            control_freq=control_freq,
-            horizon=self.max_steps,
-            ignore_done=True,  # the episode length is ours; robosuite must not refuse steps past its horizon
-        )
+        try:
+            return robosuite.make(
+                self.env_name,
+                robots=self.robot,
+                controller_configs=load_composite_controller_config(controller="BASIC"),
+                has_renderer=False,
+                has_offscreen_renderer=True,
+                use_camera_obs=True,
+                camera_names=list(self.cameras),
+                camera_heights=self.image_size,
+                camera_widths=self.image_size,
+                control_freq=control_freq,
+                horizon=self.max_steps,
+                ignore_done=True,  # the episode length is ours; robosuite must not refuse steps past its horizon
+            )
+        except ValueError as e:  # robosuite's message for an unknown camera names only the observable
+            if "_image is invalid" not in str(e):
+                raise
+            raise ConfigError(
+                f"env.cameras: {list(self.cameras)} names a camera that {self.env_name} does not have ({e}); "
+                f"robosuite scenes have e.g. {', '.join(ROBOSUITE_CAMERAS)}"
+            ) from None
 
     def _env_action(self, action: np.ndarray) -> np.ndarray:
         return action
