@@ -1,4 +1,4 @@
-"""Evaluation recipes: NVIDIA's released Cosmos Policy checkpoints under the paper's protocols (reference/method.md §5, §9).
+"""Evaluation recipes: NVIDIA's released Cosmos Policy checkpoints under the paper's protocols (method.md §5, §9).
 
 A recipe is data (:data:`PROTOCOLS`): the benchmark's data spec, how many actions of each chunk run open loop, the
 denoising steps, the trials, seeds and horizons, the env node and the policy-side image pipeline. Around it:
@@ -496,7 +496,9 @@ def run_protocol(
                         pool.restart(slot)
                 wrapped.instructions.clear()
                 wrapped.policy.seed = job.run_seed
-                video_dir = out.parent / "videos" / f"{job.suite}_{job.task}_seed{job.run_seed}" if out and num_videos else None
+                video_dir = None
+                if out is not None and num_videos:
+                    video_dir = out.parent / "videos" / f"{job.suite}_{job.task}_seed{job.run_seed}"
                 budget = None if time_budget_s is None else max(0.0, time_budget_s - (time.monotonic() - started))
                 results = run_episodes(wrapped, job.env, job.env_seeds, max_steps=job.max_steps, pool=pool,
                                        num_videos=num_videos, video_dir=video_dir, time_budget_s=budget)
@@ -542,8 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("benchmark", choices=[b for b, pr in PROTOCOLS.items() if pr.simulated])
     p.add_argument("--checkpoint-dir", help="released checkpoint folder (nvidia/Cosmos-Policy-<X>-Predict2-2B)")
-    p.add_argument("--vae", help="Wan2.1 VAE: tokenizer/tokenizer.pth of Cosmos-Predict2-2B-Video2World or a diffusers vae/ folder")
-    p.add_argument("--suites", nargs="+", help="suites to run (LIBERO: libero_spatial libero_object libero_goal libero_10)")
+    p.add_argument("--vae", help="Wan2.1 VAE: tokenizer/tokenizer.pth of Cosmos-Predict2-2B-Video2World, or a "
+                                 "diffusers vae/ folder")
+    p.add_argument("--suites", nargs="+", help="LIBERO suites (libero_spatial libero_object libero_goal libero_10)")
     p.add_argument("--tasks", nargs="+", help="task ids (LIBERO, 0..9) or env names (RoboCasa)")
     p.add_argument("--trials", type=int, help="episodes per task and seed (default: the protocol's 50)")
     p.add_argument("--seeds", type=int, nargs="+", help="run seeds (default: 195 196 197)")
@@ -560,7 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget-s", type=float, help="stop launching episodes after this many seconds")
     tiny = p.add_argument_group("tiny models (CPU smoke runs, tests)")
     tiny.add_argument("--tiny", action="store_true", help="toy-size DiT + VAE of the same architectures")
-    tiny.add_argument("--checkpoint", help="with --tiny: a Lightning .ckpt of ours (else random or --checkpoint-dir weights)")
+    tiny.add_argument("--checkpoint", help="with --tiny: a Lightning .ckpt of ours (else random weights, or tiny "
+                                           "weights in the released layout from --checkpoint-dir)")
     tiny.add_argument("--image-size", type=int, help="with --tiny: model image size (default 64)")
     return p
 
@@ -579,7 +583,8 @@ def _build_task(args: argparse.Namespace, protocol: Protocol) -> tuple[Any, dict
             task = load_task(args.checkpoint, map_location=args.device)
             want, have = list(protocol.spec["cameras"]), list(task.spec.cameras)
             if have != want:
-                raise ConfigError(f"{args.checkpoint}: the model's cameras {have} are not the {protocol.benchmark} env's {want}")
+                raise ConfigError(
+                    f"{args.checkpoint}: the model's cameras {have} are not the {protocol.benchmark} env's {want}")
             return task, {"weights": "lightning checkpoint", "checkpoint": args.checkpoint}
         if args.checkpoint_dir:
             overrides = {"image_size": args.image_size} if args.image_size else None
@@ -606,8 +611,10 @@ def main(argv: list[str] | None = None) -> int:
         task, meta = _build_task(args, protocol)
         policy = policy_for(task, protocol, clip_actions=args.clip_actions or None)
         bf16 = args.precision == "bf16" or (args.precision == "auto" and torch.device(args.device).type == "cuda")
-        out = Path(args.out) if args.out else REPO_ROOT / "runs" / "eval" / f"{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}" / "results.json"
-        meta.update(argv=list(sys.argv[1:] if argv is None else argv), device=args.device, precision="bf16" if bf16 else "fp32",
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path(args.out) if args.out else REPO_ROOT / "runs" / "eval" / f"{args.benchmark}-{stamp}" / "results.json"
+        meta.update(argv=list(sys.argv[1:] if argv is None else argv), device=args.device,
+                    precision="bf16" if bf16 else "fp32",
                     execute_steps=policy.execute_steps, num_steps=protocol.num_steps, spec=task.spec.to_dict())
         report = run_protocol(policy, protocol, jobs, num_workers=args.num_workers,
                               python_executable=args.python_executable or _default_python(args.benchmark), out=out,

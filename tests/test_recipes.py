@@ -140,7 +140,8 @@ def test_env_and_policy_image_steps_compose_to_the_official_preset(benchmark):
     ours = ImagePipeline(image_size=224, **p.image_pipeline).frame(env_frame)
     official = eval_pipeline(benchmark, 224).frame(raw)
     assert ours.shape == official.shape == (224, 224, 3)
-    assert np.abs(ours.astype(int) - official.astype(int)).mean() < 1.0  # same steps; JPEG codecs may differ by ±1
+    # same steps in the same order (0 here); a missing JPEG round trip gives ~3.8, a missing crop ~26
+    assert np.abs(ours.astype(int) - official.astype(int)).mean() < 0.5
 
 
 # ------------------------------------------------------------------------------------------------ episode plan
@@ -318,5 +319,6 @@ def test_cli_robocasa_without_robocasa_stops_with_one_line(tmp_path):
         pass
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: env robocasa could not be built: ImportError: RoboCasa is not installed")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: env robocasa could not be built: ImportError: RoboCasa is not installed")
     assert not (tmp_path / "r.json").exists()
