@@ -265,6 +265,11 @@ def run(command: str, config: str | None, overrides: list[str], print_only: bool
     if print_only:
         print_config_tree(cfg, choices)
         return None
+    import warnings
+
+    # The frozen VAE is deliberately in eval mode; Lightning's pytree notice is about its own internals.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     run_dir = make_run_dir(cfg, command)
     save_run_config(run_dir, cfg, overrides, choices)
     print_config_tree(cfg, choices, save_to=run_dir / "config_tree.txt")

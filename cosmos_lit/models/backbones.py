@@ -86,17 +86,18 @@ class BackboneAdapter(L.LightningModule):
 
     def forward(self, net_in: torch.Tensor, timesteps: torch.Tensor, cond_mask: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         b, _, t, h, w = net_in.shape
-        mask = cond_mask.to(net_in.dtype)[:, None, :, None, None].expand(b, 1, t, h, w)
-        hidden = torch.cat([net_in, mask], dim=1)
+        dtype = self.net.patch_embed.proj.weight.dtype  # bf16 weights for inference, fp32 (+ autocast) to train
+        mask = cond_mask[:, None, :, None, None].expand(b, 1, t, h, w)
+        hidden = torch.cat([net_in, mask.to(net_in.dtype)], dim=1).to(dtype)
         out = self.net(
             hidden_states=hidden,
-            timestep=timesteps.to(net_in.dtype)[:, None, :, None, None],
-            encoder_hidden_states=text.to(net_in.dtype),
-            padding_mask=net_in.new_zeros(1, 1, h, w),
+            timestep=timesteps.to(dtype)[:, None, :, None, None],
+            encoder_hidden_states=text.to(dtype),
+            padding_mask=hidden.new_zeros(1, 1, h, w),
             fps=None,
             return_dict=False,
         )[0]
-        return out
+        return out.to(net_in.dtype)
 
 
 @register("backbone", "cosmos_predict2_2b")
