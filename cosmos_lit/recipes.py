@@ -21,8 +21,9 @@ policy's sampling noise is seeded with s (query i uses s + i). RoboCasa's 50 tri
 ALOHA's protocol is a real-robot one (a FastAPI server queried by the robot at 25 Hz): it cannot run in simulation,
 so the CLI covers LIBERO and RoboCasa; ``task_from_released(..., "aloha", ...)`` still builds the ALOHA policy.
 
-``--tiny`` swaps in the toy-size DiT and VAE (CPU smoke runs, tests): random weights, or weights from a Lightning
-checkpoint of ours (``--checkpoint run.ckpt``), or tiny weights stored in the released layout (``--checkpoint-dir``).
+``--tiny`` swaps in the toy-size DiT and VAE (CPU smoke runs, tests): random weights with the hash text embedder, or
+a Lightning checkpoint of ours (``--checkpoint run.ckpt``), or tiny weights stored in the released layout
+(``--checkpoint-dir``; text from its T5 cache, which then has the tiny DiT's width, 32).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
