@@ -135,6 +135,9 @@ class SimEvalCallback(L.Callback):
             if self._pool is None:
                 self._pool = EnvPool(self.env_cfg, num_workers=max(1, min(self.num_workers, len(my_seeds) or 1)),
                                      python_executable=self.python_executable)
+            for slot in range(self._pool.num_workers):  # a worker that crashed last time gets a fresh process
+                if not self._pool.alive(slot):
+                    self._pool.restart(slot)
             policy = CosmosPolicy(pl_module, num_steps=self.num_steps, execute_steps=self.execute_steps,
                                   image_pipeline=self.image_pipeline, seed=0)
             with torch.no_grad():

@@ -407,6 +407,8 @@ class EpisodeDataset(Dataset):
             "instruction": info.instruction,
             "episode": torch.tensor(e, dtype=torch.int64),
             "t": torch.tensor(t, dtype=torch.int64),
+            "future_t": torch.tensor(future, dtype=torch.int64),
+            "augmented": torch.tensor(params is not None),
         }
 
     def _images(self, e: int, info: EpisodeInfo, steps: tuple[int, int], params: AugmentParams | None) -> torch.Tensor:

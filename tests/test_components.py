@@ -100,3 +100,25 @@ def test_best_of_n_planner_picks_among_candidates():
     assert out["actions"].shape == (2, 8, 3) and out["plan_scores"].shape == (2, 3)
     assert ((out["plan_scores"] >= 0) & (out["plan_scores"] <= 1)).all()
     assert out["plan_choice"].max() < 3
+
+
+def test_latent_cache_matches_per_image_encoding_and_reuses_entries():
+    spec = DataSpec(cameras=("a", "b"), proprio_dim=4, action_dim=3, chunk_size=8, image_size=32)
+    model = {"backbone": {"name": "cosmos_predict2_tiny"},
+             "image_encoder": {"name": "wan2.1_tiny", "normalization": "none", "sequence_form": "per_image"}}
+    task = build({"name": "cosmos_policy", "cache_latents": True}, "task", model=model, spec=spec.to_dict())
+    b = 3
+    batch = {"images": torch.rand(b, 4, 3, 32, 32) * 2 - 1, "episode": torch.tensor([0, 0, 1]),
+             "t": torch.tensor([0, 5, 0]), "future_t": torch.tensor([8, 13, 8])}
+    cached = task._cached_latents(batch)
+    direct = task.image_encoder.encode(task.slot_images(batch["images"][:, :2], batch["images"][:, 2:]))
+    assert torch.allclose(cached, direct, atol=1e-5)
+    assert len(task._latent_cache) == 12
+    batch["images"] = torch.zeros_like(batch["images"])  # cached entries win: same keys, no re-encoding
+    assert torch.equal(task._cached_latents(batch), cached)
+    batch["augmented"] = torch.tensor([True, False, False])
+    with pytest.raises(ConfigError, match="unaugmented"):
+        task._cached_latents(batch)
+    with pytest.raises(ConfigError, match="per_image"):
+        build({"name": "cosmos_policy", "cache_latents": True}, "task", spec=spec.to_dict(),
+              model={"backbone": {"name": "cosmos_predict2_tiny"}, "image_encoder": {"name": "wan2.1_tiny"}})

@@ -111,9 +111,13 @@ class WanVAEFrameEncoder(L.LightningModule):
         if self.sequence_form == "faithful":
             frames = torch.cat([blank, slots.repeat_interleave(4, dim=1)], dim=1)  # (B, 1+4n, 3, H, W)
             return self._encode_video(frames.permute(0, 2, 1, 3, 4))
-        images = torch.cat([blank, slots], dim=1).reshape(b * (n + 1), c, 1, h, w)
-        lat = self._encode_video(images)  # (B·(n+1), C, 1, h', w')
-        return lat.reshape(b, n + 1, *lat.shape[1:]).squeeze(3).permute(0, 2, 1, 3, 4)
+        lat = self.encode_images(torch.cat([blank, slots], dim=1).reshape(b * (n + 1), c, h, w))
+        return lat.reshape(b, n + 1, *lat.shape[1:]).permute(0, 2, 1, 3, 4)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(n, 3, H, W) in [-1, 1] -> (n, C, h, w): each image encoded alone (the ``per_image`` form's latents)."""
+        return self._encode_video(images[:, :, None])[:, :, 0]
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
