@@ -222,6 +222,7 @@ def build_task(cfg: dict[str, Any], dm: Any) -> Any:
 
 def _config_from_checkpoint(ckpt_path: str, overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     import torch
+    import yaml
     from omegaconf import OmegaConf
 
     p = Path(ckpt_path).expanduser()
@@ -242,7 +243,7 @@ def _config_from_checkpoint(ckpt_path: str, overrides: list[str]) -> tuple[dict[
             key, _, value = ov.partition("=")
             if key.startswith("+"):
                 OmegaConf.set_struct(cfg, False)
-            OmegaConf.update(cfg, key.lstrip("+"), OmegaConf.create({"v": value})["v"] if value else None, merge=True)
+            OmegaConf.update(cfg, key.lstrip("+"), yaml.safe_load(value) if value else None, merge=True)
             OmegaConf.set_struct(cfg, True)
     except Exception as e:
         raise CliError(f"override: {_hydra_message(e)}") from None

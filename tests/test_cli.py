@@ -132,3 +132,27 @@ def test_sweep_expansion_and_dry_run():
     out = cli("fit", "--config", ALOHA_SIM, "-m", "--dry-run", "seed=1,2")
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("[job ") == 2 and "run_dir=" in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.sim
+def test_fit_then_validate_from_the_checkpoint_alone(tmp_path):
+    """The main job end to end at toy size: scripted demos, fit with closed-loop eval, then `validate ckpt_path=`."""
+    run = tmp_path / "run"
+    out = cli("fit", "--config", ALOHA_SIM, f"data.data_dir={tmp_path}/demos", "data.num_demos=2", "data.image_size=64",
+              "data.batch_size=4", "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
+              "eval.every_n_steps=4", "eval.num_episodes=1", "eval.env.max_steps=30", "eval.num_workers=1",
+              f"run_dir={run}", timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("config.yaml", "overrides.yaml", "choices.yaml", "config_tree.txt", "checkpoints/last.ckpt"):
+        assert (run / name).exists(), name
+    metrics = (run / "logs" / "version_0" / "metrics.csv").read_text()
+    assert "sim/success_rate" in metrics and "val/action_l1" in metrics
+    assert list((run / "eval" / "step_0000004" / "videos").glob("*.mp4"))
+
+    again = tmp_path / "validate"
+    out = cli("validate", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "eval.num_episodes=1",
+              "eval.env.max_steps=20", f"run_dir={again}", timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "sim/success_rate" in out.stdout and "val/action_l1" in out.stdout
+    assert list((again / "eval").glob("step_*/episodes_rank0.json"))
