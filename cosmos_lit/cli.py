@@ -123,7 +123,7 @@ def save_run_config(run_dir: Path, cfg: dict[str, Any], overrides: list[str], ch
     write_text_atomic(run_dir / "choices.yaml", OmegaConf.to_yaml(OmegaConf.create(choices)))
 
 
-def print_config_tree(cfg: dict[str, Any], choices: dict[str, Any], save_to: Path | None = None) -> None:
+def print_config_tree(cfg: dict[str, Any], choices: dict[str, Any], save_to: Path | None = None, echo: bool = True) -> None:
     """Rich tree of the resolved config (groups first, with their chosen option)."""
     from omegaconf import OmegaConf
     from rich.console import Console
@@ -139,7 +139,8 @@ def print_config_tree(cfg: dict[str, Any], choices: dict[str, Any], save_to: Pat
         branch = tree.add(label)
         text = OmegaConf.to_yaml(OmegaConf.create({key: value}) if not isinstance(value, dict) else OmegaConf.create(value))
         branch.add(Syntax(text.rstrip(), "yaml", theme="ansi_dark", background_color="default"))
-    Console().print(tree)
+    if echo:
+        Console().print(tree)
     if save_to is not None:
         with open(save_to, "w") as f:
             Console(file=f, width=120, color_system=None).print(tree)
@@ -271,14 +272,16 @@ def run(command: str, config: str | None, overrides: list[str], print_only: bool
     # The frozen VAE is deliberately in eval mode; Lightning's pytree notice is about its own internals.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    run_dir = make_run_dir(cfg, command)
-    save_run_config(run_dir, cfg, overrides, choices)
-    print_config_tree(cfg, choices, save_to=run_dir / "config_tree.txt")
+    print_config_tree(cfg, choices)
     L.seed_everything(int(cfg.get("seed", 0)), workers=True)
 
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("fit" if command == "fit" else command)
+    # the run directory is made once the data is known to be there: a run that cannot start leaves nothing behind
+    run_dir = make_run_dir(cfg, command)
+    save_run_config(run_dir, cfg, overrides, choices)
+    print_config_tree(cfg, choices, save_to=run_dir / "config_tree.txt", echo=False)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and command != "fit":
         from cosmos_lit.policy import load_task
