@@ -159,11 +159,26 @@ def _plain(node: Any) -> dict[str, Any]:
     raise ConfigError(f"expected a mapping with a 'name' key, got {type(node).__name__}: {node!r}")
 
 
+def _has_var_kw(params: Mapping[str, inspect.Parameter]) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def bind_kwargs(target: Callable[..., Any], kwargs: Mapping[str, Any], path: str) -> dict[str, Any]:
     """Check ``kwargs`` against ``target``'s signature; return them unchanged or raise one clear ConfigError."""
-    sig = inspect.signature(target)
-    params = sig.parameters
-    accepts_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    params = dict(inspect.signature(target).parameters)
+    accepts_var_kw = _has_var_kw(params)
+    if accepts_var_kw and inspect.isclass(target):
+        # A subclass that forwards **kwargs to its base: the accepted keys are the union along the MRO.
+        for base in target.__mro__[1:]:
+            if base is object or "__init__" not in vars(base):
+                continue
+            base_params = inspect.signature(base.__init__).parameters
+            for n, p in base_params.items():
+                if n != "self" and n not in params:
+                    params[n] = p
+            if not _has_var_kw(base_params):
+                accepts_var_kw = False
+                break
     accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"]
     if not accepts_var_kw:
         for key in kwargs:

@@ -8,6 +8,7 @@ and matching episodes are reused). Everything else is the ALOHA DataModule.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from cosmos_lit.datamodules.aloha import AlohaDataModule
 from cosmos_lit.registry import ConfigError, register
@@ -36,33 +37,17 @@ class AlohaSimDataModule(AlohaDataModule):
         fast_render: bool = True,
         cameras: Sequence[str] = ("top",),
         image_size: int = 64,
-        chunk_size: int = 50,
-        gamma: float = 0.998,
-        fps: float = 50.0,
         batch_size: int = 16,
-        num_workers: int = 0,
         val_fraction: float = 0.1,
-        seed: int = 0,
         augment: bool = False,
-        demonstration_sampling_prob: float = 0.5,
-        success_rollout_sampling_prob: float = 0.5,
-        treat_demos_as_success_rollouts: bool = True,
-        rollout_dir: str | None = None,
-        samples_per_epoch: int | None = None,
-        stride: int = 1,
+        **kwargs: Any,
     ):
         if task not in ("transfer_cube", "insertion"):
             raise ConfigError(f"data.task: expected 'transfer_cube' or 'insertion', got '{task}'")
         if num_demos < 2:
             raise ConfigError(f"data.num_demos: expected >= 2 (one is held out for validation), got {num_demos}")
-        super().__init__(
-            data_dir=data_dir, cameras=cameras, image_size=image_size, chunk_size=chunk_size, gamma=gamma, fps=fps,
-            batch_size=batch_size, num_workers=num_workers, val_fraction=val_fraction, seed=seed, augment=augment,
-            demonstration_sampling_prob=demonstration_sampling_prob,
-            success_rollout_sampling_prob=success_rollout_sampling_prob,
-            treat_demos_as_success_rollouts=treat_demos_as_success_rollouts, rollout_dir=rollout_dir,
-            samples_per_epoch=samples_per_epoch, stride=stride,
-        )
+        super().__init__(data_dir=data_dir, cameras=cameras, image_size=image_size, batch_size=batch_size,
+                         val_fraction=val_fraction, augment=augment, **kwargs)
         self.task = task
         self.num_demos = num_demos
         self.demo_seed0 = demo_seed0

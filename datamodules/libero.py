@@ -41,6 +41,8 @@ import os
 import re
 from collections.abc import Sequence
 
+from typing import Any
+
 import numpy as np
 
 from cosmos_lit.datamodules.base import EpisodeDataModule, EpisodeRef, missing_data_dir
@@ -210,39 +212,12 @@ class LiberoDataModule(EpisodeDataModule):
         noop_threshold: float = 1e-4,
         instruction_source: str = "auto",
         cameras: Sequence[str] = CAMERAS,
-        image_size: int = 224,
-        chunk_size: int = 16,
-        gamma: float = 0.99,
-        fps: float = 20.0,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        val_fraction: float = 0.01,
-        seed: int = 0,
-        augment: bool = True,
-        eval_center_crop: bool | None = None,
-        demonstration_sampling_prob: float = 0.5,
-        success_rollout_sampling_prob: float = 0.5,
-        treat_demos_as_success_rollouts: bool = False,
-        rollout_dir: str | None = None,
-        instruction: str | None = None,
-        samples_per_epoch: int | None = None,
-        stride: int = 1,
-        statistics_path: str | None = None,
-        flip_images: bool | None = None,
         proprio_dim: int | None = PROPRIO_DIM,
         action_dim: int | None = ACTION_DIM,
-        video_backend: str = "auto",
-        pin_memory: bool = False,
+        **kwargs: Any,
     ):
         super().__init__(
-            data_dir=data_dir, cameras=cameras, image_size=image_size, chunk_size=chunk_size, gamma=gamma, fps=fps,
-            batch_size=batch_size, num_workers=num_workers, val_fraction=val_fraction, seed=seed, augment=augment,
-            eval_center_crop=eval_center_crop, demonstration_sampling_prob=demonstration_sampling_prob,
-            success_rollout_sampling_prob=success_rollout_sampling_prob,
-            treat_demos_as_success_rollouts=treat_demos_as_success_rollouts, rollout_dir=rollout_dir,
-            instruction=instruction, samples_per_epoch=samples_per_epoch, stride=stride,
-            statistics_path=statistics_path, flip_images=flip_images, proprio_dim=proprio_dim, action_dim=action_dim,
-            video_backend=video_backend, pin_memory=pin_memory,
+            data_dir=data_dir, cameras=cameras, proprio_dim=proprio_dim, action_dim=action_dim, **kwargs,
         )
         unknown = [c for c in self.cameras if c not in CAMERAS]
         if unknown:

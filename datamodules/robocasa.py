@@ -24,6 +24,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from typing import Any
+
 import numpy as np
 
 from cosmos_lit.datamodules.base import EpisodeDataModule, EpisodeRef, missing_data_dir
@@ -132,42 +134,16 @@ class RoboCasaDataModule(EpisodeDataModule):
         data_dir: str | None = None,
         arm_action_dims: int = ARM_ACTION_DIMS,
         cameras: Sequence[str] = CAMERAS,
-        image_size: int = 224,
         chunk_size: int = 32,
-        gamma: float = 0.99,
-        fps: float = 20.0,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        val_fraction: float = 0.01,
-        seed: int = 0,
-        augment: bool = True,
-        eval_center_crop: bool | None = None,
-        demonstration_sampling_prob: float = 0.5,
-        success_rollout_sampling_prob: float = 0.5,
-        treat_demos_as_success_rollouts: bool = False,
-        rollout_dir: str | None = None,
-        instruction: str | None = None,
-        samples_per_epoch: int | None = None,
-        stride: int = 1,
-        statistics_path: str | None = None,
-        flip_images: bool | None = None,
         proprio_dim: int | None = PROPRIO_DIM,
         action_dim: int | None = None,
-        video_backend: str = "auto",
-        pin_memory: bool = False,
+        **kwargs: Any,
     ):
         if int(arm_action_dims) <= 0:
             raise ConfigError(f"data.arm_action_dims: must be positive, got {arm_action_dims}")
         super().__init__(
-            data_dir=data_dir, cameras=cameras, image_size=image_size, chunk_size=chunk_size, gamma=gamma, fps=fps,
-            batch_size=batch_size, num_workers=num_workers, val_fraction=val_fraction, seed=seed, augment=augment,
-            eval_center_crop=eval_center_crop, demonstration_sampling_prob=demonstration_sampling_prob,
-            success_rollout_sampling_prob=success_rollout_sampling_prob,
-            treat_demos_as_success_rollouts=treat_demos_as_success_rollouts, rollout_dir=rollout_dir,
-            instruction=instruction, samples_per_epoch=samples_per_epoch, stride=stride,
-            statistics_path=statistics_path, flip_images=flip_images, proprio_dim=proprio_dim,
-            action_dim=int(arm_action_dims) if action_dim is None else action_dim,
-            video_backend=video_backend, pin_memory=pin_memory,
+            data_dir=data_dir, cameras=cameras, chunk_size=chunk_size, proprio_dim=proprio_dim,
+            action_dim=int(arm_action_dims) if action_dim is None else action_dim, **kwargs,
         )
         unknown = [c for c in self.cameras if c not in CAMERAS]
         if unknown:

@@ -54,3 +54,22 @@ def test_list_command_prints_registered_names():
     out = subprocess.run([sys.executable, "-m", "cosmos_lit", "list", "backbone"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "cosmos_predict2_2b" in out.stdout and "cosmos_predict2_tiny" in out.stdout
+
+
+def test_keys_forwarded_through_kwargs_are_checked_against_the_base_signature():
+    class Base:
+        def __init__(self, alpha: int = 1, beta: int = 2):
+            self.alpha, self.beta = alpha, beta
+
+    class Child(Base):
+        def __init__(self, gamma: int = 3, **kwargs):
+            super().__init__(**kwargs)
+            self.gamma = gamma
+
+    register("planner", "test_child_with_kwargs")(Child)
+    obj = build({"name": "test_child_with_kwargs", "gamma": 4, "beta": 5}, "planner")
+    assert (obj.alpha, obj.beta, obj.gamma) == (1, 5, 4)
+    with pytest.raises(ConfigError, match=r"planner.betta: unknown key .*did you mean 'beta'"):
+        build({"name": "test_child_with_kwargs", "betta": 5}, "planner")
+    with pytest.raises(ConfigError, match=r"data.stide: unknown key .*did you mean 'stride'"):
+        build({"name": "libero", "stide": 2}, "datamodule", path="data")
