@@ -202,6 +202,20 @@ def build_callbacks(cfg: dict[str, Any], run_dir: Path, overrides: list[str], ch
     return callbacks
 
 
+def check_names(cfg: dict[str, Any]) -> None:
+    """Fail on an unknown registry name before any data is prepared (generating demos can take a minute)."""
+    from cosmos_lit.registry import REGISTRIES, registry
+
+    nodes: list[tuple[str, str, Any]] = [("data", "datamodule", cfg.get("data")), ("task", "task", cfg.get("task")),
+                                         ("planner", "planner", cfg.get("planner")), ("eval", "callback", cfg.get("eval"))]
+    nodes += [(f"model.{k}", k, v) for k, v in (cfg.get("model") or {}).items() if k in REGISTRIES]
+    if isinstance(cfg.get("eval"), dict):
+        nodes.append(("eval.env", "env", cfg["eval"].get("env")))
+    for path, kind, node in nodes:
+        if isinstance(node, dict) and "name" in node and "_target_" not in node:
+            registry(kind).get(str(node["name"]), path)
+
+
 def build_datamodule(cfg: dict[str, Any]) -> Any:
     from cosmos_lit.registry import build
 
@@ -275,6 +289,7 @@ def run(command: str, config: str | None, overrides: list[str], print_only: bool
     print_config_tree(cfg, choices)
     L.seed_everything(int(cfg.get("seed", 0)), workers=True)
 
+    check_names(cfg)
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("fit" if command == "fit" else command)

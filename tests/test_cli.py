@@ -86,9 +86,15 @@ def test_yaml_key_typos_are_one_line(tmp_path):
     assert "trainr" in line and "did you mean 'trainer'" in line
 
 
-def test_unknown_registry_name_is_one_line():
-    line = one_line_error(cli("fit", "--config", ALOHA_SIM, "model.backbone.name=cosmos_predict3"))
+def test_unknown_registry_name_is_one_line(tmp_path):
+    # checked before any data is prepared: no demos are generated for a run that cannot start
+    line = one_line_error(cli("fit", "--config", ALOHA_SIM, "model.backbone.name=cosmos_predict3",
+                              f"data.data_dir={tmp_path}/demos"))
     assert "model.backbone.name" in line and "cosmos_predict3" in line
+    assert not (tmp_path / "demos").exists()
+    line = one_line_error(cli("fit", "--config", ALOHA_SIM, "eval.env.name=aloha_simm", f"data.data_dir={tmp_path}/demos"))
+    assert "eval.env.name" in line and "did you mean 'aloha_sim'" in line
+    assert not (tmp_path / "demos").exists()
 
 
 def test_missing_data_directory_is_one_line(tmp_path):
