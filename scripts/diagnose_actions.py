@@ -1,0 +1,59 @@
+"""Where a checkpoint's action error comes from, on one batch of its training data (figures in README "What it reaches").
+
+Prints the action L1 (normalized) per sampling seed and across seeds, by position in the chunk and by joint, the L1 of
+simply holding the current joint positions for the first action, and the L1 when proprio or images are shuffled
+across the batch.
+
+    python scripts/diagnose_actions.py runs/<run>/checkpoints/last.ckpt --split train [config overrides of that run]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from cosmos_lit import cli
+from cosmos_lit.policy import load_task
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("ckpt")
+    p.add_argument("--config", default="configs/aloha_sim.yaml")
+    p.add_argument("--split", choices=["train", "val"], default="train")
+    p.add_argument("--steps", type=int, default=10, help="denoising steps")
+    p.add_argument("--seeds", type=int, default=4)
+    p.add_argument("overrides", nargs="*")
+    a = p.parse_args()
+    task = load_task(a.ckpt).eval()
+    dm = cli.build_datamodule(cli.resolve(cli.compose(a.config, a.overrides)[0]))
+    dm.setup("fit")
+    b = next(iter(dm.train_dataloader() if a.split == "train" else dm.val_dataloader()))
+    n, gt = len(task.spec.cameras), b["actions"]
+
+    def predict(images: torch.Tensor, proprio: torch.Tensor, seed: int) -> torch.Tensor:
+        return task.predict_from_observation(images[:, :n], proprio, list(b["instruction"]), num_steps=a.steps,
+                                             seed=seed)["actions"]
+
+    preds = torch.stack([predict(b["images"], b["proprio"], s) for s in range(a.seeds)])  # (S, B, K, A)
+    err = (preds - gt).abs()
+    k = gt.shape[1]
+    print("L1 per seed", [round(float(e), 4) for e in err.mean(dim=(1, 2, 3))])
+    print("L1 of the seed mean", round(float((preds.mean(0) - gt).abs().mean()), 4),
+          "| std across seeds", round(float(preds.std(0).mean()), 4))
+    print("L1 by chunk position", {i: round(float(err.mean(dim=(0, 1, 3))[i]), 4) for i in range(0, k, max(1, k // 5))})
+    print("L1 at k=0 by joint", [round(float(e), 3) for e in err[:, :, 0].mean(dim=(0, 1))])
+    st = task.statistics
+    amin, amax = torch.tensor(st["actions_min"]), torch.tensor(st["actions_max"])
+    pmin, pmax = torch.tensor(st["proprio_min"]), torch.tensor(st["proprio_max"])
+    if amin.shape == pmin.shape:  # joint-position actions: holding the current qpos is a baseline for k=0
+        hold = 2 * ((b["proprio"] + 1) / 2 * (pmax - pmin) + pmin - amin) / (amax - amin) - 1
+        print("hold-current-qpos L1 at k=0 by joint", [round(float(e), 3) for e in (hold - gt[:, 0]).abs().mean(0)])
+    perm = torch.roll(torch.arange(gt.shape[0]), 1)
+    print("L1 with proprio shuffled", round(float((predict(b["images"], b["proprio"][perm], 0) - gt).abs().mean()), 4))
+    print("L1 with images shuffled", round(float((predict(b["images"][perm], b["proprio"], 0) - gt).abs().mean()), 4))
+
+
+if __name__ == "__main__":
+    main()
