@@ -112,7 +112,7 @@ def load_plugins() -> None:
 
 REGISTRIES: dict[str, Registry] = {
     "backbone": Registry("backbone", ["cosmos_lit.models.backbones"]),
-    "image_encoder": Registry("image_encoder", ["cosmos_lit.models.image_encoders"]),
+    "image_encoder": Registry("image_encoder", ["cosmos_lit.models.image_encoders", "cosmos_lit.models.dct_image_encoder"]),
     "vector_encoder": Registry("vector_encoder", ["cosmos_lit.models.vector_encoders"]),
     "value_head": Registry("value_head", ["cosmos_lit.models.value_head"]),
     "text_encoder": Registry("text_encoder", ["cosmos_lit.text"]),

@@ -65,6 +65,11 @@ def test_swap_backbone_and_image_encoder_by_config():
     swapped = build_task(resolve(cfg), _FakeDM(spec))
     assert type(swapped.planner).__name__ == "BestOfN" and swapped.layout.num_frames == 6
 
+    cfg, choices = compose(ALOHA_SIM, ["model/image_encoder=dct"])  # the weight-free plain-image ablation
+    plain = build_task(resolve(cfg), _FakeDM(spec))
+    assert type(plain.image_encoder).__name__ == "DCTFrameEncoder" and plain.frame_shape == (16, 8, 8)
+    assert not list(plain.image_encoder.parameters())
+
 
 def test_override_typo_is_one_line():
     with pytest.raises(CliError, match=r"Could not override 'trainer.max_stepz'"):

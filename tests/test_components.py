@@ -153,3 +153,49 @@ def test_latent_cache_matches_per_image_encoding_and_reuses_entries():
     with pytest.raises(ConfigError, match="per_image"):
         build({"name": "cosmos_policy", "cache_latents": True}, "task", spec=spec.to_dict(),
               model={"backbone": {"name": "cosmos_predict2_tiny"}, "image_encoder": {"name": "wan2.1_tiny"}})
+
+
+def test_dct_encoder_is_an_exact_block_transform():
+    from cosmos_lit.models.dct_image_encoder import dct_matrix, zigzag
+
+    d = dct_matrix()
+    assert torch.allclose(d @ d.T, torch.eye(8, dtype=d.dtype), atol=1e-12)  # orthonormal basis
+    assert zigzag()[:6] == [(0, 0), (0, 1), (1, 0), (2, 0), (1, 1), (0, 2)]  # JPEG order
+    slots = torch.rand(2, 3, 3, 32, 32) * 2 - 1
+    full = build({"name": "dct", "luma_coefficients": 64, "chroma_coefficients": 64, "normalization": "none"},
+                 "image_encoder")
+    lat = full.encode(slots)
+    assert lat.shape == (2, 192, 4, 4, 4)
+    assert torch.allclose(full.decode(lat)[:, 1:], slots, atol=1e-5)  # all coefficients kept: exact inverse
+    # the DC luma coefficient of a patch is 8 x its mean luma
+    luma = (0.299 * slots[:, 0, 0] + 0.587 * slots[:, 0, 1] + 0.114 * slots[:, 0, 2])[:, :8, :8].mean(dim=(-1, -2))
+    assert torch.allclose(lat[:, 0, 1, 0, 0], 8 * luma, atol=1e-5)
+    small = build({"name": "dct"}, "image_encoder")
+    assert small.latent_channels == 16
+    with pytest.raises(RuntimeError, match="calibrate"):
+        small.encode(slots)
+    small.calibrate(slots)
+    z = small.encode(slots)[:, :, 1:]
+    assert torch.allclose(z.mean(dim=(0, 2, 3, 4)), torch.zeros(16), atol=1e-4)
+    # the kept-coefficient reconstruction is the least-squares one: re-encoding it gives the same coefficients
+    assert torch.allclose(small.encode(small.decode(small.encode(slots))[:, 1:]), small.encode(slots), atol=1e-3)
+
+
+def test_dct_encoder_config_errors():
+    with pytest.raises(ConfigError, match="sequence_form"):
+        build({"name": "dct", "sequence_form": "faithful"}, "image_encoder")
+    with pytest.raises(ConfigError, match="luma_coefficients"):
+        build({"name": "dct", "luma_coefficients": 0}, "image_encoder")
+    with pytest.raises(ConfigError, match="12 latent channels, the backbone expects 16"):
+        _task(image_encoder={"name": "dct", "chroma_coefficients": 2})
+
+
+def test_dct_encoder_swaps_in_and_trains():
+    task = _task(image_encoder={"name": "dct", "normalization": "none"})
+    b = 2
+    batch = {"images": torch.rand(b, 2, 3, 32, 32) * 2 - 1, "proprio": torch.rand(b, 4), "actions": torch.rand(b, 8, 3),
+             "future_proprio": torch.rand(b, 4), "value": torch.rand(b), "sample_type": torch.tensor([0, 1]),
+             "instruction": ["a", "b"]}
+    loss, _ = task._loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in task.backbone.parameters() if p.requires_grad)
