@@ -72,6 +72,10 @@ class CosmosPolicyTask(L.LightningModule):
         cache_latents: keep the image latents of every (episode, frame, camera) seen in training in memory and
             reuse them (C·h·w floats each). Only valid when each image is encoded alone
             (``sequence_form: per_image``) and without augmentation; a CPU speed-up for small runs.
+        ema_decay: keep an exponential moving average of the backbone (timm ``ModelEmaV3``, decay warmed up as
+            1 − (1 + step)^(−2/3), capped at this value) and sample with it in validation, the policy and the
+            planner; saved in checkpoints. ``None`` (default) = no EMA, as the official recipe. Costs one more copy
+            of the backbone's weights.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class CosmosPolicyTask(L.LightningModule):
         mask_current_state_for_value: bool = False,
         val_sample_batches: int = 2,
         cache_latents: bool = False,
+        ema_decay: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -102,6 +107,15 @@ class CosmosPolicyTask(L.LightningModule):
             if key not in model:
                 raise ConfigError(f"model.{key}: missing (choose one with model/{key}=...)")
         self.backbone = build(model["backbone"], "backbone", path="model.backbone")
+        self.backbone_ema = None
+        if ema_decay is not None:
+            if not 0.0 < float(ema_decay) < 1.0:
+                raise ConfigError(f"task.ema_decay: expected a number in (0, 1) or null, got {ema_decay}")
+            from timm.utils import ModelEmaV3
+
+            self.backbone_ema = ModelEmaV3(self.backbone, decay=float(ema_decay), use_warmup=True)
+            self.backbone_ema.requires_grad_(False)
+        self._ema_step = -1
         self.image_encoder = build(model["image_encoder"], "image_encoder", path="model.image_encoder")
         self.vector_encoder = build(model.get("vector_encoder") or {"name": "tiled"}, "vector_encoder", path="model.vector_encoder")
         self.value_head = build(model.get("value_head") or {"name": "frame"}, "value_head", path="model.value_head")
@@ -225,8 +239,14 @@ class CosmosPolicyTask(L.LightningModule):
             out.append(torch.stack(f, dim=1))
         return torch.stack(out).to(images.device)
 
-    def velocity_fn(self, text: torch.Tensor) -> diffusion.VelocityFn:
-        return lambda net_in, timesteps, cond_mask: self.backbone(net_in, timesteps, cond_mask, text)
+    @property
+    def sampling_backbone(self) -> torch.nn.Module:
+        """The network that samples (validation, policy, planner): the EMA copy when ``ema_decay`` is set."""
+        return self.backbone if self.backbone_ema is None else self.backbone_ema.module
+
+    def velocity_fn(self, text: torch.Tensor, backbone: torch.nn.Module | None = None) -> diffusion.VelocityFn:
+        net = self.backbone if backbone is None else backbone
+        return lambda net_in, timesteps, cond_mask: net(net_in, timesteps, cond_mask, text)
 
     def sample(self, x0_cond: torch.Tensor, cond_mask: torch.Tensor, text: torch.Tensor, num_steps: int | None = None,
                seed: int | None = None) -> torch.Tensor:
@@ -238,7 +258,7 @@ class CosmosPolicyTask(L.LightningModule):
         if seed is not None:
             gen = torch.Generator(device="cpu").manual_seed(int(seed))
         noise = torch.randn(x0_cond.shape, generator=gen).to(x0_cond.device)
-        return diffusion.sample(self.velocity_fn(text), x0_cond, cond_mask, noise=noise, **cfg)
+        return diffusion.sample(self.velocity_fn(text, self.sampling_backbone), x0_cond, cond_mask, noise=noise, **cfg)
 
     def policy_condition(self, current_images: torch.Tensor, proprio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Observation -> (latents with the policy's conditioning frames filled, condition mask (B, T))."""
@@ -290,6 +310,12 @@ class CosmosPolicyTask(L.LightningModule):
         for name, frac in fractions.items():
             self.log(f"train/frac_{name}", frac, batch_size=bs)
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # once per optimizer step (global_step only advances on those, also under gradient accumulation)
+        if self.backbone_ema is not None and self.global_step != self._ema_step:
+            self._ema_step = self.global_step
+            self.backbone_ema.update(self.backbone, step=self.global_step)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, _ = self._loss(batch)

@@ -199,3 +199,35 @@ def test_dct_encoder_swaps_in_and_trains():
     loss, _ = task._loss(batch)
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in task.backbone.parameters() if p.requires_grad)
+
+
+def test_ema_backbone_samples_and_follows_training():
+    task = _task()
+    assert task.sampling_backbone is task.backbone
+    task = build({"name": "cosmos_policy", "ema_decay": 0.9}, "task", model=task.hparams.model, spec=task.hparams.spec,
+                 statistics=task.statistics)
+    ema = task.backbone_ema.module
+    assert task.sampling_backbone is ema and not any(p.requires_grad for p in ema.parameters())
+    assert all(p.requires_grad for p in task.backbone.parameters())
+    assert all(p in set(task.parameters()) for p in ema.parameters())  # saved in the checkpoint's state dict
+    with torch.no_grad():
+        for p in task.backbone.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in ema.parameters()]
+    task._ema_step = -1
+    task.backbone_ema.update(task.backbone, step=1)  # warm-up: the first update copies the weights
+    for b, p, q in zip(before, ema.parameters(), task.backbone.parameters()):
+        assert torch.allclose(p, q) and not torch.allclose(p, b)
+    with torch.no_grad():
+        for p in task.backbone.parameters():
+            p.add_(1.0)
+    task.backbone_ema.update(task.backbone, step=10_000)  # later updates move by (1 - decay)
+    for p, q in zip(ema.parameters(), task.backbone.parameters()):
+        assert torch.allclose(p, q - 0.9, atol=1e-5)
+    with pytest.raises(ConfigError, match="task.ema_decay"):
+        build({"name": "cosmos_policy", "ema_decay": 1.5}, "task", model=task.hparams.model, spec=task.hparams.spec)
+    clone = build({"name": "cosmos_policy", "ema_decay": 0.9}, "task", model=task.hparams.model, spec=task.hparams.spec,
+                  statistics=task.statistics)
+    clone.load_state_dict(task.state_dict())  # strict: the EMA copy round-trips through a checkpoint
+    for p, q in zip(clone.backbone_ema.module.parameters(), ema.parameters()):
+        assert torch.equal(p, q)
