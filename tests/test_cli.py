@@ -45,6 +45,19 @@ def test_every_primary_config_composes(primary):
     assert choices["model/backbone"] in ("cosmos_predict2_tiny", "cosmos_predict2_2b")
 
 
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")))
+def test_every_experiment_composes_and_overrides_the_primary(experiment):
+    cfg, choices = compose(ALOHA_SIM, [f"experiment={experiment}"])
+    plain = resolve(cfg)
+    assert choices["experiment"] == experiment
+    if experiment == "aloha_sim_long":  # the experiment's values win over configs/aloha_sim.yaml's
+        assert plain["trainer"]["max_steps"] == 8000 and plain["task"]["ema_decay"] == 0.999
+        assert choices["model/image_encoder"] == "dct" and plain["model"]["image_encoder"]["sequence_form"] == "per_image"
+        spec = DataSpec(cameras=("top",), proprio_dim=14, action_dim=14, chunk_size=50, image_size=112)
+        task = build_task(plain, _FakeDM(spec))
+        assert task.frame_shape == (16, 14, 14) and task.backbone_ema is not None
+
+
 def test_swap_backbone_and_image_encoder_by_config():
     spec = DataSpec(cameras=("top",), proprio_dim=14, action_dim=14, chunk_size=50, image_size=64)
     cfg, choices = compose(ALOHA_SIM, ["model/backbone=cosmos_predict2_2b", "model.backbone.meta_init=true",
