@@ -22,6 +22,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from cosmos_lit.models.image_encoders import calibrate_channel_stats, encode_slots_per_image
 from cosmos_lit.registry import ConfigError, register
 
 PATCH = 8
@@ -104,10 +105,7 @@ class DCTFrameEncoder(L.LightningModule):
         """(B, T−1, 3, H, W) in [-1, 1] -> (B, C, T, h, w), frame 0 = the black blank image."""
         if not bool(self.calibrated):
             raise RuntimeError("image encoder with normalization='data' used before calibrate(images)")
-        b, n, c, h, w = slots.shape
-        blank = slots.new_full((b, 1, c, h, w), -1.0)
-        lat = self.encode_images(torch.cat([blank, slots], dim=1).reshape(b * (n + 1), c, h, w))
-        return lat.reshape(b, n + 1, *lat.shape[1:]).permute(0, 2, 1, 3, 4)
+        return encode_slots_per_image(self, slots)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -117,17 +115,9 @@ class DCTFrameEncoder(L.LightningModule):
         img = F.conv_transpose2d(z.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w), self.dec_weight, stride=PATCH)
         return img.reshape(b, t, *img.shape[1:])
 
-    @torch.no_grad()
     def calibrate(self, slots: torch.Tensor) -> None:
         """Measure per-channel coefficient mean/std on a batch of training slots (normalization='data')."""
-        if self.normalization != "data":
-            return
-        self.latents_mean.zero_()
-        self.latents_std.fill_(1.0)
-        self.calibrated.fill_(True)
-        lat = self.encode(slots)[:, :, 1:]
-        self.latents_mean.copy_(lat.mean(dim=(0, 2, 3, 4)).view_as(self.latents_mean))
-        self.latents_std.copy_(lat.std(dim=(0, 2, 3, 4)).clamp_min(1e-4).view_as(self.latents_std))
+        calibrate_channel_stats(self, slots)
 
 
 @register("image_encoder", "dct")

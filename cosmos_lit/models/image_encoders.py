@@ -106,13 +106,11 @@ class WanVAEFrameEncoder(L.LightningModule):
         """(B, T−1, 3, H, W) in [-1, 1] -> (B, C, T, h, w) normalized latents (frame 0 = blank)."""
         if not bool(self.calibrated):
             raise RuntimeError("image encoder with normalization='data' used before calibrate(images)")
-        b, n, c, h, w = slots.shape
-        blank = slots.new_full((b, 1, c, h, w), -1.0)
         if self.sequence_form == "faithful":
+            blank = slots.new_full((slots.shape[0], 1, *slots.shape[2:]), -1.0)
             frames = torch.cat([blank, slots.repeat_interleave(4, dim=1)], dim=1)  # (B, 1+4n, 3, H, W)
             return self._encode_video(frames.permute(0, 2, 1, 3, 4))
-        lat = self.encode_images(torch.cat([blank, slots], dim=1).reshape(b * (n + 1), c, h, w))
-        return lat.reshape(b, n + 1, *lat.shape[1:]).permute(0, 2, 1, 3, 4)
+        return encode_slots_per_image(self, slots)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -132,17 +130,32 @@ class WanVAEFrameEncoder(L.LightningModule):
         img = self.vae.decode(per.to(self.vae.dtype)).sample.float()
         return img.reshape(b, t, *img.shape[1:]).squeeze(3)
 
-    @torch.no_grad()
     def calibrate(self, slots: torch.Tensor) -> None:
         """Measure per-channel latent mean/std on a batch of training slots (normalization='data')."""
-        if self.normalization != "data":
-            return
-        self.latents_mean.zero_()
-        self.latents_std.fill_(1.0)
-        self.calibrated.fill_(True)
-        lat = self.encode(slots)[:, :, 1:]  # skip the blank frame
-        self.latents_mean.copy_(lat.mean(dim=(0, 2, 3, 4)).view_as(self.latents_mean))
-        self.latents_std.copy_(lat.std(dim=(0, 2, 3, 4)).clamp_min(1e-4).view_as(self.latents_std))
+        calibrate_channel_stats(self, slots)
+
+
+def encode_slots_per_image(encoder: torch.nn.Module, slots: torch.Tensor) -> torch.Tensor:
+    """The ``per_image`` form: the blank image and every slot (B, T−1, 3, H, W) through ``encoder.encode_images``
+    one by one -> (B, C, T, h, w)."""
+    b, n, c, h, w = slots.shape
+    blank = slots.new_full((b, 1, c, h, w), -1.0)
+    lat = encoder.encode_images(torch.cat([blank, slots], dim=1).reshape(b * (n + 1), c, h, w))
+    return lat.reshape(b, n + 1, *lat.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+@torch.no_grad()
+def calibrate_channel_stats(encoder: torch.nn.Module, slots: torch.Tensor) -> None:
+    """Set ``encoder``'s ``latents_mean``/``latents_std`` buffers (1, C, 1, 1, 1) to the per-channel statistics of its
+    latents of ``slots`` (B, T−1, 3, H, W), the blank frame left out; no-op unless ``normalization == "data"``."""
+    if encoder.normalization != "data":
+        return
+    encoder.latents_mean.zero_()
+    encoder.latents_std.fill_(1.0)
+    encoder.calibrated.fill_(True)
+    lat = encoder.encode(slots)[:, :, 1:]
+    encoder.latents_mean.copy_(lat.mean(dim=(0, 2, 3, 4)).view_as(encoder.latents_mean))
+    encoder.latents_std.copy_(lat.std(dim=(0, 2, 3, 4)).clamp_min(1e-4).view_as(encoder.latents_std))
 
 
 @register("image_encoder", "wan2.1")
