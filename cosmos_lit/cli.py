@@ -149,10 +149,12 @@ def print_config_tree(cfg: dict[str, Any], choices: dict[str, Any], save_to: Pat
 # ---------------------------------------------------------------------------------------------------- building
 
 
-def build_trainer(cfg: dict[str, Any], run_dir: Path, callbacks: list[Any], command: str) -> Any:
+def trainer_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg.trainer`` checked against ``lightning.Trainer``'s signature (one clear line per bad key), with
+    ``precision: auto`` resolved. Called before any data is prepared, and again to build the Trainer."""
     import lightning as L
 
-    from cosmos_lit.registry import bind_kwargs, build
+    from cosmos_lit.registry import bind_kwargs
 
     trainer_cfg = dict(cfg.get("trainer") or {})
     for key in ("callbacks", "logger", "default_root_dir"):
@@ -168,6 +170,15 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, callbacks: list[Any], comm
         bind_kwargs(L.Trainer, trainer_cfg, "trainer")
     except ConfigError as e:
         raise CliError(str(e)) from None
+    return trainer_cfg
+
+
+def build_trainer(cfg: dict[str, Any], run_dir: Path, callbacks: list[Any], command: str) -> Any:
+    import lightning as L
+
+    from cosmos_lit.registry import build
+
+    trainer_cfg = trainer_kwargs(cfg)
     loggers = []
     log_cfg = cfg.get("logger")
     if log_cfg and command != "predict":
@@ -290,6 +301,7 @@ def run(command: str, config: str | None, overrides: list[str], print_only: bool
     L.seed_everything(int(cfg.get("seed", 0)), workers=True)
 
     check_names(cfg)
+    trainer_kwargs(cfg)
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("fit" if command == "fit" else command)

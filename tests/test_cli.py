@@ -94,8 +94,9 @@ def test_override_typo_is_one_line():
 def test_yaml_key_typos_are_one_line(tmp_path):
     bad = tmp_path / "mine.yaml"
     bad.write_text("defaults:\n  - /aloha_sim\n  - _self_\ntrainer:\n  max_stepz: 3\n")
-    line = one_line_error(cli("fit", "--config", str(bad), f"data.data_dir={tmp_path}/none"))
+    line = one_line_error(cli("fit", "--config", str(bad), f"data.data_dir={tmp_path}/none", f"run_dir={tmp_path}/run"))
     assert "trainer.max_stepz" in line and "max_steps" in line
+    assert not (tmp_path / "none").exists() and not (tmp_path / "run").exists()  # caught before data and run dir
     bad.write_text("defaults:\n  - /aloha_sim\n  - _self_\ndata:\n  batch_sise: 3\n")
     line = one_line_error(cli("fit", "--config", str(bad)))
     assert "data.batch_sise" in line and "batch_size" in line
