@@ -46,16 +46,19 @@ def test_every_primary_config_composes(primary):
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml")))
-def test_every_experiment_composes_and_overrides_the_primary(experiment):
+def test_every_experiment_composes(experiment):
     cfg, choices = compose(ALOHA_SIM, [f"experiment={experiment}"])
+    assert choices["experiment"] == experiment and {"data", "model", "trainer"} <= set(resolve(cfg))
+
+
+def test_experiment_overrides_the_primary_config():
+    cfg, choices = compose(ALOHA_SIM, ["experiment=aloha_sim_long"])
     plain = resolve(cfg)
-    assert choices["experiment"] == experiment
-    if experiment == "aloha_sim_long":  # the experiment's values win over configs/aloha_sim.yaml's
-        assert plain["trainer"]["max_steps"] == 8000 and plain["task"]["ema_decay"] == 0.999
-        assert choices["model/image_encoder"] == "dct" and plain["model"]["image_encoder"]["sequence_form"] == "per_image"
-        spec = DataSpec(cameras=("top",), proprio_dim=14, action_dim=14, chunk_size=50, image_size=112)
-        task = build_task(plain, _FakeDM(spec))
-        assert task.frame_shape == (16, 14, 14) and task.backbone_ema is not None
+    assert plain["trainer"]["max_steps"] == 8000 and plain["task"]["ema_decay"] == 0.999  # not aloha_sim.yaml's
+    assert choices["model/image_encoder"] == "dct" and plain["model"]["image_encoder"]["sequence_form"] == "per_image"
+    spec = DataSpec(cameras=("top",), proprio_dim=14, action_dim=14, chunk_size=50, image_size=112)
+    task = build_task(plain, _FakeDM(spec))
+    assert task.frame_shape == (16, 14, 14) and task.backbone_ema is not None
 
 
 def test_swap_backbone_and_image_encoder_by_config():
