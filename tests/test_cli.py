@@ -92,6 +92,8 @@ def test_override_typo_is_one_line():
         compose(ALOHA_SIM, ["trainer.max_stepz=5"])
     with pytest.raises(CliError, match=r"Could not find 'model/backbone/tinny'.*cosmos_predict2_tiny"):
         compose(ALOHA_SIM, ["model/backbone=tinny"])
+    with pytest.raises(CliError, match=r"Could not find 'experiment/aloha_sim_lng'.*aloha_sim_long"):
+        compose(ALOHA_SIM, ["experiment=aloha_sim_lng"])  # not silently skipped
 
 
 def test_yaml_key_typos_are_one_line(tmp_path):
