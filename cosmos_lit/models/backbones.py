@@ -71,6 +71,8 @@ class BackboneAdapter(L.LightningModule):
         ctx = torch.device("meta") if (meta_init or pretrained) else contextlib.nullcontext()
         with ctx:
             self.net = CosmosTransformer3DModel(**cfg)
+        if self.net.learnable_pos_embed is not None and not (meta_init or pretrained):
+            self._init_learnable_pos_embed()
         if pretrained:
             from cosmos_lit.weights.cosmos_dit import load_dit_weights
 
@@ -80,6 +82,18 @@ class BackboneAdapter(L.LightningModule):
             self.net.enable_gradient_checkpointing()
         if attention_backend:
             self.net.set_attention_backend(attention_backend)
+
+    @torch.no_grad()
+    def _init_learnable_pos_embed(self) -> None:
+        """Random unit-scale codes for the learnable (t, h, w) position embedding of a net trained from scratch.
+
+        diffusers initializes them to zero. The embedding is normalized before use, so it is scale-invariant: from
+        zero, each early AdamW step (size ~lr) rewrites its whole direction and the positions carry no stable code
+        for hundreds of steps. Starting from N(0, 1) they are distinct, stable codes that training refines.
+        """
+        pe = self.net.learnable_pos_embed
+        for p in (pe.pos_emb_t, pe.pos_emb_h, pe.pos_emb_w):
+            p.normal_(0.0, 1.0)
 
     @property
     def text_dim(self) -> int:
@@ -129,6 +143,7 @@ def cosmos_predict2_tiny(
     attention_head_dim: int = 32,
     text_embed_dim: int = 32,
     adaln_lora_dim: int = 16,
+    extra_pos_embed_type: str | None = None,
     pretrained: str | None = None,
     trust_pickle: bool = False,
     meta_init: bool = False,
@@ -136,7 +151,16 @@ def cosmos_predict2_tiny(
     attention_backend: str | None = None,
     framewise_adaln: bool = True,
 ) -> BackboneAdapter:
-    """The Cosmos-Predict2 DiT architecture at toy size (CPU runs and tests); random init unless ``pretrained=``."""
+    """The Cosmos-Predict2 DiT architecture at toy size (CPU runs and tests); random init unless ``pretrained=``.
+
+    ``extra_pos_embed_type="learnable"`` adds the architecture's optional learnable absolute (t, h, w) position
+    embedding (off in the released 2B nets, which rely on 3D RoPE alone). A randomly initialized net needs it for
+    vector frames: tiling puts chunk step ``(W·c + h) mod K`` at latent row h of channel c (reference/method.md §2),
+    and with RoPE alone every token of a tiled frame sees the same content and only *relative* positions, so it cannot
+    tell which row, hence which chunk step, it writes; it then predicts the same action for the whole chunk.
+    """
+    if extra_pos_embed_type not in (None, "learnable"):
+        raise ConfigError(f"model.backbone.extra_pos_embed_type: expected null or 'learnable', got {extra_pos_embed_type!r}")
     if attention_head_dim < 12 or attention_head_dim % 2:
         raise ConfigError(f"model.backbone.attention_head_dim: expected an even number >= 12 (3D RoPE split), got {attention_head_dim}")
     config = dict(
@@ -146,6 +170,7 @@ def cosmos_predict2_tiny(
         attention_head_dim=attention_head_dim,
         text_embed_dim=text_embed_dim,
         adaln_lora_dim=adaln_lora_dim,
+        extra_pos_embed_type=extra_pos_embed_type,
     )
     return BackboneAdapter(config=config, pretrained=pretrained, trust_pickle=trust_pickle, meta_init=meta_init,
                            gradient_checkpointing=gradient_checkpointing, attention_backend=attention_backend,
