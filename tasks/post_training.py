@@ -76,6 +76,9 @@ class CosmosPolicyTask(L.LightningModule):
             1 − (1 + step)^(−2/3), capped at this value) and sample with it in validation, the policy and the
             planner; saved in checkpoints. ``None`` (default) = no EMA, as the official recipe. Costs one more copy
             of the backbone's weights.
+        future_image_loss_weight: weight of the future-camera frames in the loss (1.0 = official). Below 1 the
+            actions, proprio and value get a larger share of a small network's capacity; the world model's image
+            predictions get less.
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class CosmosPolicyTask(L.LightningModule):
         val_sample_batches: int = 2,
         cache_latents: bool = False,
         ema_decay: float | None = None,
+        future_image_loss_weight: float = 1.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -101,6 +105,9 @@ class CosmosPolicyTask(L.LightningModule):
         self.sigma_sampler = diffusion.HybridSigmaSampler(**_merge(DEFAULT_SIGMA, sigma, "task.sigma"))
         self.mask_current_state_for_value = mask_current_state_for_value
         self.val_sample_batches = val_sample_batches
+        if not float(future_image_loss_weight) >= 0.0:
+            raise ConfigError(f"task.future_image_loss_weight: expected a number >= 0, got {future_image_loss_weight}")
+        self.future_image_loss_weight = float(future_image_loss_weight)
 
         model = dict(model)
         for key in ("backbone", "image_encoder"):
@@ -294,6 +301,9 @@ class CosmosPolicyTask(L.LightningModule):
         sample_type = batch["sample_type"].long()
         cond_mask = self.layout.condition_mask(sample_type, self.mask_current_state_for_value)
         loss_mask = self.layout.loss_mask(sample_type, self.mask_current_state_for_value)
+        if self.future_image_loss_weight != 1.0:
+            future = [self.layout.future_camera(i) for i in range(self.layout.num_cameras)]
+            loss_mask[:, future] = loss_mask[:, future] * self.future_image_loss_weight
         sigma = self.sigma_sampler(x0.shape[0], self.layout.num_frames, device=x0.device)
         noise = torch.randn_like(x0)
         text = self.text_encoder(list(batch["instruction"]))
