@@ -1,8 +1,9 @@
 """Where a checkpoint's action error comes from, on one batch of its training data (figures in README "What it reaches").
 
-Prints the action L1 (normalized) per sampling seed and across seeds, by position in the chunk and by joint, the L1 of
-simply holding the current joint positions for the first action, and the L1 when proprio or images are shuffled
-across the batch.
+Prints the action L1 (normalized) per sampling seed and across seeds, by position in the chunk and by joint, the
+chunk-motion slope (predicted vs demonstrated displacement from the first to the last action of the chunk: 1 = full
+motion, 0 = a flat chunk), the L1 of simply holding the current joint positions for the first action, and the L1 when
+proprio or images are shuffled across the batch.
 
     python scripts/diagnose_actions.py runs/<run>/checkpoints/last.ckpt --split train [config overrides of that run]
 """
@@ -43,6 +44,8 @@ def main() -> None:
     print("L1 of the seed mean", round(float((preds.mean(0) - gt).abs().mean()), 4),
           "| std across seeds", round(float(preds.std(0).mean()), 4))
     print("L1 by chunk position", {i: round(float(err.mean(dim=(0, 1, 3))[i]), 4) for i in range(0, k, max(1, k // 5))})
+    true_d, pred_d = gt[:, -1] - gt[:, 0], preds[:, :, -1] - preds[:, :, 0]
+    print("chunk-motion slope", round(float((pred_d * true_d).sum() / (a.seeds * true_d.square().sum())), 3))
     print("L1 at k=0 by joint", [round(float(e), 3) for e in err[:, :, 0].mean(dim=(0, 1))])
     st = task.statistics
     amin, amax = torch.tensor(st["actions_min"]), torch.tensor(st["actions_max"])

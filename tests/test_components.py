@@ -36,6 +36,21 @@ def test_tiny_backbone_forward_shapes_and_per_frame_timesteps():
     assert not torch.allclose(bb(x, t2, mask, torch.randn(2, 7, 32)), out)
 
 
+def test_tiny_backbone_learnable_positions_start_as_random_unit_codes():
+    """From scratch, the (t, h, w) position codes start as N(0, 1), not diffusers' zeros (bench_chunk_positions.py)."""
+    torch.manual_seed(0)
+    bb = build({"name": "cosmos_predict2_tiny", "extra_pos_embed_type": "learnable"}, "backbone")
+    pe = bb.net.learnable_pos_embed
+    for p in (pe.pos_emb_t, pe.pos_emb_h, pe.pos_emb_w):
+        assert 0.9 < float(p.std()) < 1.1 and p.requires_grad
+    # rows of a tiled frame are identical in content; the embedding tells them apart
+    codes = pe(torch.zeros(1, 18, 2, 14, 14))[0].view(2, 7, 7, -1)
+    assert (codes[0, 0, 0] - codes[0, 1, 0]).abs().max() > 0.1
+    assert build({"name": "cosmos_predict2_tiny"}, "backbone").net.learnable_pos_embed is None  # factory default: RoPE only
+    with pytest.raises(ConfigError, match="extra_pos_embed_type.*'learnable'.*'sinusoidal'"):
+        build({"name": "cosmos_predict2_tiny", "extra_pos_embed_type": "sinusoidal"}, "backbone")
+
+
 @pytest.mark.parametrize("extra_pos", [None, "learnable"])
 def test_framewise_adaln_forward_equals_diffusers_forward(extra_pos):
     """The per-frame AdaLN path gives diffusers' output and gradients (non-zero AdaLN weights, per-frame t)."""
@@ -199,6 +214,38 @@ def test_dct_encoder_swaps_in_and_trains():
     loss, _ = task._loss(batch)
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in task.backbone.parameters() if p.requires_grad)
+
+
+def test_channel_time_vector_encoder_swaps_in_and_trains():
+    task = _task(vector_encoder={"name": "channel_time"})
+    batch = {"images": torch.rand(2, 2, 3, 32, 32) * 2 - 1, "proprio": torch.rand(2, 4), "actions": torch.rand(2, 8, 3),
+             "future_proprio": torch.rand(2, 4), "value": torch.rand(2), "sample_type": torch.tensor([0, 1]),
+             "instruction": ["a", "b"]}
+    x0 = task.encode_batch(batch)
+    assert torch.allclose(task.read_outputs(x0)["actions"], batch["actions"], atol=1e-5)  # 32 knots >= 8 steps: exact
+    loss, _ = task._loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_future_image_loss_weight_scales_only_the_future_camera_frames():
+    base = _task()
+    batch = {"images": torch.rand(2, 2, 3, 32, 32) * 2 - 1, "proprio": torch.rand(2, 4), "actions": torch.rand(2, 8, 3),
+             "future_proprio": torch.rand(2, 4), "value": torch.rand(2), "sample_type": torch.tensor([0, 1]),
+             "instruction": ["a", "b"]}
+
+    def loss(weight):
+        task = build({"name": "cosmos_policy", "future_image_loss_weight": weight}, "task", model=base.hparams.model,
+                     spec=base.hparams.spec, statistics=base.statistics)
+        task.load_state_dict(base.state_dict())
+        torch.manual_seed(0)  # same σ and noise for every weight
+        with torch.no_grad():
+            return float(task._loss(batch)[0])
+
+    l0, half, l1 = loss(0.0), loss(0.5), loss(1.0)
+    assert l0 < l1 and abs(half - (l0 + l1) / 2) < 1e-5 * l1  # linear in the weight: only those frames are scaled
+    with pytest.raises(ConfigError, match="task.future_image_loss_weight: expected a number >= 0, got -1"):
+        loss(-1)
 
 
 def test_ema_backbone_samples_and_follows_training():
