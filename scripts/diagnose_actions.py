@@ -2,7 +2,8 @@
 
 Prints the action L1 (normalized) per sampling seed and across seeds, by position in the chunk and by joint, the
 chunk-motion slope (predicted vs demonstrated displacement from the first to the last action of the chunk: 1 = full
-motion, 0 = a flat chunk), the L1 of simply holding the current joint positions for the first action, and the L1 when
+motion, 0 = a flat chunk; per copy of the chunk for the official tiling, next to a "row-blind" frame that only knows
+each channel's average), the L1 of simply holding the current joint positions for the first action, and the L1 when
 proprio or images are shuffled across the batch.
 
     python scripts/diagnose_actions.py runs/<run>/checkpoints/last.ckpt --split train [config overrides of that run]
@@ -15,7 +16,17 @@ import argparse
 import torch
 
 from cosmos_lit import cli
+from cosmos_lit.models.vector_encoders import TiledVectorEncoder
 from cosmos_lit.policy import load_task
+from cosmos_lit.tiling import tile_vector
+
+
+def copy_slopes(frame: torch.Tensor, gt: torch.Tensor) -> list[float]:
+    """Chunk-motion slope of each full copy of a tiled chunk (B, C, H, W) against the demonstrated chunk (B, K, A)."""
+    n = gt[0].numel()
+    copies = frame.reshape(frame.shape[0], -1)[:, : (frame[0].numel() // n) * n].reshape(frame.shape[0], -1, *gt.shape[1:])
+    true_d = gt[:, -1] - gt[:, 0]
+    return [round(float(((c[:, -1] - c[:, 0]) * true_d).sum() / true_d.square().sum()), 3) for c in copies.unbind(1)]
 
 
 def main() -> None:
@@ -33,9 +44,9 @@ def main() -> None:
     b = next(iter(dm.train_dataloader() if a.split == "train" else dm.val_dataloader()))
     n, gt = len(task.spec.cameras), b["actions"]
 
-    def predict(images: torch.Tensor, proprio: torch.Tensor, seed: int) -> torch.Tensor:
+    def predict(images: torch.Tensor, proprio: torch.Tensor, seed: int, key: str = "actions") -> torch.Tensor:
         return task.predict_from_observation(images[:, :n], proprio, list(b["instruction"]), num_steps=a.steps,
-                                             seed=seed)["actions"]
+                                             seed=seed)[key]
 
     preds = torch.stack([predict(b["images"], b["proprio"], s) for s in range(a.seeds)])  # (S, B, K, A)
     err = (preds - gt).abs()
@@ -46,6 +57,12 @@ def main() -> None:
     print("L1 by chunk position", {i: round(float(err.mean(dim=(0, 1, 3))[i]), 4) for i in range(0, k, max(1, k // 5))})
     true_d, pred_d = gt[:, -1] - gt[:, 0], preds[:, :, -1] - preds[:, :, 0]
     print("chunk-motion slope", round(float((pred_d * true_d).sum() / (a.seeds * true_d.square().sum())), 3))
+    if type(task.vector_encoder) is TiledVectorEncoder:  # official layout: does each copy of the chunk move?
+        frame = predict(b["images"], b["proprio"], 0, "latents")[:, :, task.layout.action]
+        print("chunk-motion slope per copy (official tiling)", copy_slopes(frame, gt))
+        row_blind = tile_vector(gt, tuple(frame.shape[1:])).mean(dim=2, keepdim=True).expand_as(frame)
+        print("  the same for a row-blind frame (each channel's rows averaged) of the demonstrations",
+              copy_slopes(row_blind, gt))
     print("L1 at k=0 by joint", [round(float(e), 3) for e in err[:, :, 0].mean(dim=(0, 1))])
     st = task.statistics
     amin, amax = torch.tensor(st["actions_min"]), torch.tensor(st["actions_max"])

@@ -54,11 +54,14 @@ def test_every_experiment_composes(experiment):
 def test_experiment_overrides_the_primary_config():
     cfg, choices = compose(ALOHA_SIM, ["experiment=aloha_sim_long"])
     plain = resolve(cfg)
-    assert plain["trainer"]["max_steps"] == 8000 and plain["task"]["ema_decay"] == 0.999  # not aloha_sim.yaml's
+    assert plain["trainer"]["max_steps"] == 6000 and plain["task"]["ema_decay"] == 0.999  # not aloha_sim.yaml's
+    assert plain["task"]["future_image_loss_weight"] == 0.1
     assert choices["model/image_encoder"] == "dct" and plain["model"]["image_encoder"]["sequence_form"] == "per_image"
+    assert choices["model/vector_encoder"] == "channel_time"
     spec = DataSpec(cameras=("top",), proprio_dim=14, action_dim=14, chunk_size=50, image_size=112)
     task = build_task(plain, _FakeDM(spec))
     assert task.frame_shape == (16, 14, 14) and task.backbone_ema is not None
+    assert task.backbone.net.learnable_pos_embed is not None  # the experiment turns on the position codes
 
 
 def test_swap_backbone_and_image_encoder_by_config():
