@@ -18,7 +18,7 @@ frame (the ALOHA-sim 112 px geometry); the net regresses it from a noise-free in
 Columns: held-out action L1 (normalized units) and the chunk-motion slope (regression of predicted on true
 displacement a_{K-1} − a_0: 1 = full motion, 0 = flat chunk), after the same number of AdamW steps.
 
-    python benchmarks/bench_chunk_positions.py            # 600 steps per row, about 8 min on 2 CPU cores
+    python benchmarks/bench_chunk_positions.py            # 600 steps per row, about 10 min on 2 CPU cores
 """
 
 from __future__ import annotations
