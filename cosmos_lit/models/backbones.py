@@ -154,10 +154,11 @@ def cosmos_predict2_tiny(
     """The Cosmos-Predict2 DiT architecture at toy size (CPU runs and tests); random init unless ``pretrained=``.
 
     ``extra_pos_embed_type="learnable"`` adds the architecture's optional learnable absolute (t, h, w) position
-    embedding (off in the released 2B nets, which rely on 3D RoPE alone). A randomly initialized net needs it for
-    vector frames: tiling puts chunk step ``(W·c + h) mod K`` at latent row h of channel c (reference/method.md §2),
-    and with RoPE alone every token of a tiled frame sees the same content and only *relative* positions, so it cannot
-    tell which row, hence which chunk step, it writes; it then predicts the same action for the whole chunk.
+    embedding (off in the released 2B nets, which rely on 3D RoPE alone). Tiling puts chunk step ``(W·c + h) mod K``
+    at latent row h of channel c (reference/method.md §2); with RoPE alone every token of a tiled frame sees the same
+    content and only *relative* positions, so a from-scratch net cannot tell which row, hence which chunk step, it
+    writes, and its chunks come out flat. The codes give it the row; on the ALOHA-sim data they had not yet fixed the
+    flat chunks after 4,000 steps, while ``model/vector_encoder=channel_time`` did (README "What it reaches").
     """
     if extra_pos_embed_type not in (None, "learnable"):
         raise ConfigError(f"model.backbone.extra_pos_embed_type: expected null or 'learnable', got {extra_pos_embed_type!r}")
