@@ -21,12 +21,18 @@ from cosmos_lit.policy import load_task
 from cosmos_lit.tiling import tile_vector
 
 
+def motion_slope(pred: torch.Tensor, gt: torch.Tensor) -> float:
+    """Regression slope of predicted on demonstrated chunk displacement (last − first action); pred (..., B, K, A)."""
+    true_d = gt[:, -1] - gt[:, 0]
+    pred_d = (pred[..., -1, :] - pred[..., 0, :]).reshape(-1, *true_d.shape)
+    return round(float((pred_d * true_d).sum() / (len(pred_d) * true_d.square().sum())), 3)
+
+
 def copy_slopes(frame: torch.Tensor, gt: torch.Tensor) -> list[float]:
     """Chunk-motion slope of each full copy of a tiled chunk (B, C, H, W) against the demonstrated chunk (B, K, A)."""
     n = gt[0].numel()
     copies = frame.reshape(frame.shape[0], -1)[:, : (frame[0].numel() // n) * n].reshape(frame.shape[0], -1, *gt.shape[1:])
-    true_d = gt[:, -1] - gt[:, 0]
-    return [round(float(((c[:, -1] - c[:, 0]) * true_d).sum() / true_d.square().sum()), 3) for c in copies.unbind(1)]
+    return [motion_slope(c, gt) for c in copies.unbind(1)]
 
 
 def main() -> None:
@@ -55,8 +61,7 @@ def main() -> None:
     print("L1 of the seed mean", round(float((preds.mean(0) - gt).abs().mean()), 4),
           "| std across seeds", round(float(preds.std(0).mean()), 4))
     print("L1 by chunk position", {i: round(float(err.mean(dim=(0, 1, 3))[i]), 4) for i in range(0, k, max(1, k // 5))})
-    true_d, pred_d = gt[:, -1] - gt[:, 0], preds[:, :, -1] - preds[:, :, 0]
-    print("chunk-motion slope", round(float((pred_d * true_d).sum() / (a.seeds * true_d.square().sum())), 3))
+    print("chunk-motion slope", motion_slope(preds, gt))
     if type(task.vector_encoder) is TiledVectorEncoder:  # official layout: does each copy of the chunk move?
         frame = predict(b["images"], b["proprio"], 0, "latents")[:, :, task.layout.action]
         print("chunk-motion slope per copy (official tiling)", copy_slopes(frame, gt))

@@ -120,6 +120,13 @@ def _task(**model_overrides):
     return build({"name": "cosmos_policy"}, "task", model=model, spec=spec.to_dict(), statistics=stats)
 
 
+def _batch():
+    """Two samples (policy, world model) of the data contract for ``_task()``'s spec."""
+    return {"images": torch.rand(2, 2, 3, 32, 32) * 2 - 1, "proprio": torch.rand(2, 4), "actions": torch.rand(2, 8, 3),
+            "future_proprio": torch.rand(2, 4), "value": torch.rand(2), "sample_type": torch.tensor([0, 1]),
+            "instruction": ["a", "b"]}
+
+
 def test_value_head_none_removes_the_value_frame():
     assert _task().layout.num_frames == 7
     assert _task(value_head={"name": "none"}).layout.num_frames == 6
@@ -218,9 +225,7 @@ def test_dct_encoder_swaps_in_and_trains():
 
 def test_channel_time_vector_encoder_swaps_in_and_trains():
     task = _task(vector_encoder={"name": "channel_time"})
-    batch = {"images": torch.rand(2, 2, 3, 32, 32) * 2 - 1, "proprio": torch.rand(2, 4), "actions": torch.rand(2, 8, 3),
-             "future_proprio": torch.rand(2, 4), "value": torch.rand(2), "sample_type": torch.tensor([0, 1]),
-             "instruction": ["a", "b"]}
+    batch = _batch()
     x0 = task.encode_batch(batch)
     assert torch.allclose(task.read_outputs(x0)["actions"], batch["actions"], atol=1e-5)  # 32 knots >= 8 steps: exact
     loss, _ = task._loss(batch)
@@ -230,9 +235,7 @@ def test_channel_time_vector_encoder_swaps_in_and_trains():
 
 def test_future_image_loss_weight_scales_only_the_future_camera_frames():
     base = _task()
-    batch = {"images": torch.rand(2, 2, 3, 32, 32) * 2 - 1, "proprio": torch.rand(2, 4), "actions": torch.rand(2, 8, 3),
-             "future_proprio": torch.rand(2, 4), "value": torch.rand(2), "sample_type": torch.tensor([0, 1]),
-             "instruction": ["a", "b"]}
+    batch = _batch()
 
     def loss(weight):
         task = build({"name": "cosmos_policy", "future_image_loss_weight": weight}, "task", model=base.hparams.model,
