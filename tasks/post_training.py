@@ -79,6 +79,11 @@ class CosmosPolicyTask(L.LightningModule):
         future_image_loss_weight: weight of the future-camera frames in the loss (1.0 = official). Below 1 the
             actions, proprio and value get a larger share of a small network's capacity; the world model's image
             predictions get less.
+        proprio_noise_std: standard deviation of Gaussian noise added to the *current* proprio condition of training
+            samples (normalized [-1, 1] units; validation, the policy and the targets stay clean; 0 = official). A
+            scripted expert's first few steps already reveal where the arm is heading, so a net given exact proprio
+            learns to extrapolate it instead of finding the object in the image (the "copycat" shortcut); noise the
+            size of those first steps makes the image the only reliable cue there.
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class CosmosPolicyTask(L.LightningModule):
         cache_latents: bool = False,
         ema_decay: float | None = None,
         future_image_loss_weight: float = 1.0,
+        proprio_noise_std: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -108,6 +114,9 @@ class CosmosPolicyTask(L.LightningModule):
         if not float(future_image_loss_weight) >= 0.0:
             raise ConfigError(f"task.future_image_loss_weight: expected a number >= 0, got {future_image_loss_weight}")
         self.future_image_loss_weight = float(future_image_loss_weight)
+        if not float(proprio_noise_std) >= 0.0:
+            raise ConfigError(f"task.proprio_noise_std: expected a number >= 0, got {proprio_noise_std}")
+        self.proprio_noise_std = float(proprio_noise_std)
 
         model = dict(model)
         for key in ("backbone", "image_encoder"):
@@ -314,6 +323,9 @@ class CosmosPolicyTask(L.LightningModule):
         return loss, fractions
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if self.proprio_noise_std > 0:
+            proprio = batch["proprio"]
+            batch = {**batch, "proprio": proprio + self.proprio_noise_std * torch.randn_like(proprio)}
         loss, fractions = self._loss(batch)
         bs = batch["proprio"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)

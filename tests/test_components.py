@@ -281,3 +281,28 @@ def test_ema_backbone_samples_and_follows_training():
     clone.load_state_dict(task.state_dict())  # strict: the EMA copy round-trips through a checkpoint
     for p, q in zip(clone.backbone_ema.module.parameters(), ema.parameters()):
         assert torch.equal(p, q)
+
+
+def test_proprio_noise_perturbs_only_the_training_condition():
+    base = _task()
+    task = build({"name": "cosmos_policy", "proprio_noise_std": 0.2}, "task", model=base.hparams.model,
+                 spec=base.hparams.spec, statistics=base.statistics)
+    batch = _batch()
+    clean = batch["proprio"].clone()
+    seen = []
+    task._loss = lambda b: (seen.append(b) or torch.zeros(()), {})
+    torch.manual_seed(0)
+    task.training_step(batch, 0)
+    noisy = seen[0]["proprio"]
+    assert torch.equal(batch["proprio"], clean)  # the caller's batch is left as it was
+    assert 0.1 < float((noisy - clean).std()) < 0.3
+    for key in ("actions", "future_proprio", "images"):  # targets and images stay clean
+        assert seen[0][key] is batch[key]
+    off = build({"name": "cosmos_policy"}, "task", model=base.hparams.model, spec=base.hparams.spec,
+                statistics=base.statistics)
+    off._loss = lambda b: (seen.append(b) or torch.zeros(()), {})
+    off.training_step(batch, 0)
+    assert torch.equal(seen[1]["proprio"], clean)  # 0 (default) = official: no noise
+    with pytest.raises(ConfigError, match="task.proprio_noise_std: expected a number >= 0, got -0.1"):
+        build({"name": "cosmos_policy", "proprio_noise_std": -0.1}, "task", model=base.hparams.model,
+              spec=base.hparams.spec, statistics=base.statistics)
