@@ -24,6 +24,9 @@ class AlohaSimDataModule(AlohaDataModule):
         demo_seed0: first scene seed (gym-aloha ``reset(seed)``); evaluation seeds should be disjoint.
         demo_workers: processes rendering demos.
         fast_render: render without shadows/reflections/MSAA (must match the evaluation env's setting).
+        demo_noise_std / demo_noise_steps: DART-style demos: an Ornstein-Uhlenbeck perturbation (std in radians,
+            correlation time in env steps) of the arm joints the env executes in the expert's free-space segments,
+            while the labels stay the expert's commands (``cosmos_lit.envs.aloha_expert.ActionNoise``); 0 = clean.
         Other keys: see ``AlohaDataModule``.
     """
 
@@ -35,6 +38,8 @@ class AlohaSimDataModule(AlohaDataModule):
         demo_seed0: int = 0,
         demo_workers: int = 2,
         fast_render: bool = True,
+        demo_noise_std: float = 0.0,
+        demo_noise_steps: float = 25.0,
         cameras: Sequence[str] = ("top",),
         image_size: int = 64,
         batch_size: int = 16,
@@ -46,6 +51,10 @@ class AlohaSimDataModule(AlohaDataModule):
             raise ConfigError(f"data.task: expected 'transfer_cube' or 'insertion', got '{task}'")
         if num_demos < 2:
             raise ConfigError(f"data.num_demos: expected >= 2 (one is held out for validation), got {num_demos}")
+        if not isinstance(demo_noise_std, (int, float)) or not demo_noise_std >= 0:
+            raise ConfigError(f"data.demo_noise_std: expected a number >= 0 (radians), got {demo_noise_std}")
+        if not isinstance(demo_noise_steps, (int, float)) or not demo_noise_steps >= 1:
+            raise ConfigError(f"data.demo_noise_steps: expected a correlation time >= 1 (env steps), got {demo_noise_steps}")
         super().__init__(data_dir=data_dir, cameras=cameras, image_size=image_size, batch_size=batch_size,
                          val_fraction=val_fraction, augment=augment, **kwargs)
         self.task = task
@@ -53,6 +62,7 @@ class AlohaSimDataModule(AlohaDataModule):
         self.demo_seed0 = demo_seed0
         self.demo_workers = demo_workers
         self.fast_render = fast_render
+        self.demo_noise_std, self.demo_noise_steps = float(demo_noise_std), float(demo_noise_steps)
 
     def prepare_data(self) -> None:
         from cosmos_lit.envs.aloha_expert import generate_demos
@@ -60,5 +70,5 @@ class AlohaSimDataModule(AlohaDataModule):
         generate_demos(
             self.data_dir, task=self.task, num_episodes=self.num_demos, seed0=self.demo_seed0,
             image_size=self.image_size, cameras=tuple(self.cameras), fast_render=self.fast_render,
-            num_workers=self.demo_workers,
+            num_workers=self.demo_workers, noise_std=self.demo_noise_std, noise_steps=self.demo_noise_steps,
         )

@@ -22,10 +22,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--episode-len", type=int, default=400)
     p.add_argument("--compression", choices=["lzf", "gzip"], default=None)
+    p.add_argument("--noise-std", type=float, default=0.0, help="DART-style perturbation of executed joints, rad")
+    p.add_argument("--noise-steps", type=float, default=25.0, help="its correlation time, env steps")
     a = p.parse_args()
     generate_demos(
         a.out_dir, a.task, a.episodes, a.seed0, a.size, a.cameras, not a.slow_render, a.workers,
-        episode_len=a.episode_len, compression=a.compression,
+        episode_len=a.episode_len, compression=a.compression, noise_std=a.noise_std, noise_steps=a.noise_steps,
     )
 
 

@@ -167,3 +167,54 @@ def test_demo_writer_leaves_foreign_episode_folders_alone(tmp_path):
     with pytest.raises(FileExistsError, match="not written by generate_demos"):
         generate_demos(tmp_path, "transfer_cube", 1, image_size=SIZE, num_workers=1)
     assert (tmp_path / "episode_0.hdf5").read_bytes() == b"not ours"
+
+
+def test_action_noise_stays_in_the_free_space_windows_and_is_seeded():
+    from cosmos_lit.envs.aloha_expert import ActionNoise, TransferCubeExpert
+
+    noise = ActionNoise(std=0.08, steps=40)
+    windows = TransferCubeExpert.noise_windows
+    offsets = noise.sample(3, 400, windows)
+    np.testing.assert_array_equal(offsets, noise.sample(3, 400, windows))
+    assert not np.array_equal(offsets, noise.sample(4, 400, windows))
+    assert offsets.shape == (400, 14)
+    assert not offsets[:, [6, 13]].any()  # grippers are never perturbed
+    left, right = offsets[:, 0:6], offsets[:, 7:13]
+    assert not left[280:].any() and left[:280].all()  # left window (0, 280)
+    unmasked = noise.sample(3, 400, {"left": [(0, 400)]})[:, 0:6]  # same process, window never ends
+    np.testing.assert_allclose(left[260:280] / unmasked[260:280], np.repeat(
+        np.clip((280 - np.arange(260, 280)) / 10, 0, 1)[:, None], 6, 1))  # tapers to zero over the last 10 steps
+    assert not right[80:150].any() and not right[220:].any() and right[:80].all() and right[150:220].all()
+    assert 0.03 < offsets[:260, 0:6].std() < 0.15  # about the requested 0.08 rad
+    for bad in ({"std": -0.1}, {"std": float("nan")}, {"steps": 0.5}):
+        with pytest.raises(ValueError, match="ActionNoise"):
+            ActionNoise(**bad)
+
+
+def test_noisy_expert_perturbs_the_states_and_keeps_clean_labels():
+    from cosmos_lit.envs.aloha_expert import ActionNoise
+
+    env = AlohaSimEnv(task="transfer_cube", image_size=SIZE)
+    try:
+        clean = run_expert("transfer_cube", 2, env=env)
+        noisy = run_expert("transfer_cube", 2, env=env, noise=ActionNoise(0.08, 40))
+        assert clean.executed is None and noisy.success
+        # the env ran label + offset; the label itself is the expert's command from the perturbed state
+        offsets = noisy.executed - noisy.actions
+        assert np.abs(offsets[:260, 0:6]).max() > 0.05 and np.abs(offsets[300:]).max() < 1e-6
+        assert np.abs(noisy.qpos[:280, 0:6] - clean.qpos[:280, 0:6]).max() > 0.05  # the states really drift
+        np.testing.assert_array_equal(replay(env, 2, noisy.executed), noisy.rewards)
+    finally:
+        env.close()
+
+
+def test_noisy_demos_are_recorded_with_their_executed_actions(tmp_path):
+    import h5py
+
+    (path,) = generate_demos(tmp_path, "transfer_cube", 1, seed0=2, image_size=SIZE, num_workers=2,
+                             noise_std=0.08, noise_steps=40)
+    params = json.loads((tmp_path / "manifest.json").read_text())["params"]
+    assert params["noise_std"] == 0.08 and params["noise_steps"] == 40.0
+    with h5py.File(path, "r") as f:
+        assert f["executed_action"].shape == f["action"].shape == (400, 14)
+        assert not np.array_equal(f["executed_action"][:], f["action"][:])

@@ -130,6 +130,11 @@ def test_missing_data_directory_is_one_line(tmp_path):
     assert "nowhere" in line and "data.data_dir" in line
 
 
+def test_bad_demo_noise_is_one_line(tmp_path):
+    line = one_line_error(cli("fit", "--config", ALOHA_SIM, f"data.data_dir={tmp_path}/demos", "data.demo_noise_std=-1"))
+    assert "data.demo_noise_std: expected a number >= 0" in line
+
+
 def test_malformed_hdf5_is_one_line(tmp_path):
     d = tmp_path / "episodes"
     d.mkdir()

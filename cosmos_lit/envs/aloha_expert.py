@@ -172,11 +172,16 @@ Command = tuple[np.ndarray, np.ndarray, float]  # TCP xyz (3,), quat (4,), norma
 class WaypointExpert:
     """Per-arm waypoint tables, (re)built at the start of each stage; optional per-step TCP corrections.
 
+    ``noise_windows`` (per arm, ``[(t0, t1), ...]`` in steps) are the free-space segments where ``run_expert`` may
+    perturb the executed joint targets (``ActionNoise``): no grasp, release or insertion happens in them.
+
     A stage builder sees the mocap scene (commanded TCPs, for continuity) and the joint-space env (where the
     objects really are) and returns new waypoints per arm; they replace the arm's waypoints from their first time.
     """
 
     stage_starts: tuple[int, ...] = ()
+
+    noise_windows: dict[str, list[tuple[int, int]]] = {}
 
     def __init__(self) -> None:
         self.tables: dict[str, list[Waypoint]] = {arm: [] for arm in ARMS}
@@ -218,6 +223,8 @@ class TransferCubeExpert(WaypointExpert):
     """
 
     stage_starts = (0, 230)
+    # right: reach above the cube, carry it to the meet point; left: wait, then approach until 10 steps before the take
+    noise_windows = {"right": [(0, 80), (150, 220)], "left": [(0, 280)]}
 
     def __init__(
         self,
@@ -281,6 +288,7 @@ class InsertionExpert(WaypointExpert):
     """
 
     stage_starts = (0, 235)
+    noise_windows = {"right": [(0, 90), (160, 220)], "left": [(0, 90), (160, 220)]}  # reach above, carry
     PEG_HALF_LENGTH = 0.06
 
     def __init__(
@@ -351,17 +359,57 @@ EXPERTS: dict[str, Callable[..., WaypointExpert]] = {"transfer_cube": TransferCu
 ARM_JOINTS = np.r_[0:6, 7:13]  # action entries that are arm joints (6 and 13 are the grippers)
 
 
+ARM_SLICES = {"left": slice(0, 6), "right": slice(7, 13)}
+
+
+@dataclass(frozen=True)
+class ActionNoise:
+    """DART-style perturbation of the executed joint targets (Laskey et al., 2017), labels stay the expert's.
+
+    Per arm joint an Ornstein-Uhlenbeck process (stationary std ``std`` rad, correlation time ``steps`` env steps)
+    is added to what the env executes, inside the expert's ``noise_windows`` only, tapering to zero over the last
+    10 steps of a window. The states drift off the expert's path while the recorded actions are the expert's
+    commands from there, so a policy learns to steer back; with clean demos every state lies on one narrow path.
+    """
+
+    std: float = 0.0
+    steps: float = 25.0
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.std) and self.std >= 0):
+            raise ValueError(f"ActionNoise.std: expected a number >= 0 (radians), got {self.std}")
+        if not (np.isfinite(self.steps) and self.steps >= 1):
+            raise ValueError(f"ActionNoise.steps: expected a correlation time >= 1 step, got {self.steps}")
+
+    def sample(self, seed: int, episode_len: int, windows: dict[str, list[tuple[int, int]]]) -> np.ndarray:
+        """(episode_len, 14) offsets in radians; zero on the grippers and outside the windows. Same seed, same noise."""
+        rng = np.random.default_rng([int(seed), 0xDA27])
+        a = np.exp(-1.0 / self.steps)
+        ou = np.zeros((episode_len, 14))
+        x = rng.normal(0.0, self.std, 14)
+        for t in range(episode_len):
+            ou[t] = x
+            x = a * x + np.sqrt(1 - a * a) * rng.normal(0.0, self.std, 14)
+        mask = np.zeros((episode_len, 14))
+        for arm, spans in windows.items():
+            for t0, t1 in spans:
+                t = np.arange(max(t0, 0), min(t1, episode_len))
+                mask[t, ARM_SLICES[arm]] = np.clip((t1 - t) / 10.0, 0.0, 1.0)[:, None]
+        return ou * mask
+
+
 @dataclass
 class ExpertEpisode:
     """What the expert did in the joint-space env for one seed (T steps)."""
 
     task: str
     seed: int
-    actions: np.ndarray  # (T, 14) float32 joint targets, as sent to AlohaSimEnv.step
+    actions: np.ndarray  # (T, 14) float32 the expert's joint targets (the labels)
     rewards: np.ndarray  # (T,) float32 reward after each action
     qpos: np.ndarray  # (T, 14) float32 joint positions observed before each action
     qvel: np.ndarray  # (T, 14) float32
     images: dict[str, np.ndarray]  # {camera: (T, S, S, 3) uint8} observed before each action; empty if not rendered
+    executed: np.ndarray | None = None  # (T, 14) float32 what AlohaSimEnv.step received, if it differs (ActionNoise)
 
     @property
     def success(self) -> bool:
@@ -378,6 +426,7 @@ def run_expert(
     expert: WaypointExpert | None = None,
     render: bool = False,
     integral_gain: float = 0.2,
+    noise: ActionNoise | None = None,
 ) -> ExpertEpisode:
     """Run the scripted expert and the joint-space env side by side; record what the env saw and did.
 
@@ -385,11 +434,15 @@ def run_expert(
     them (the scene is the inverse kinematics); the env receives ``q*`` plus an integral of its past tracking error
     on the arm joints. The arms' position servos have large joint friction (the wrist's deadband is ~0.6 rad) and
     no gravity compensation, so sending plain ``q*`` lands centimetres off; the integral term removes that
-    steady-state error. The recorded actions are exactly what the env executed, so an open-loop replay of them
-    from ``env.reset(seed)`` reproduces the episode (MuJoCo is deterministic; rendering does not touch physics).
+    steady-state error. Without ``noise`` the recorded actions are exactly what the env executed, so an open-loop
+    replay of them from ``env.reset(seed)`` reproduces the episode (MuJoCo is deterministic; rendering does not
+    touch physics). With ``noise`` the env executes ``action + offset`` (``ExpertEpisode.executed`` replays it);
+    the integral then tracks ``q* + offset``, so it keeps compensating friction only and the label stays
+    ``q* + integral``, the command that takes the arm back to the expert's path.
 
     Args:
         render: also record the images of ``env.cameras`` (else the physics runs alone).
+        noise: DART-style perturbation of the executed targets (``None`` or std 0: none).
     """
     own_scene, own_env = scene is None, env is None
     scene = scene or MocapScene(task)
@@ -402,20 +455,24 @@ def run_expert(
         actions, rewards = np.zeros((T, 14), np.float32), np.zeros(T, np.float32)
         qpos, qvel = np.zeros((T, 14), np.float32), np.zeros((T, 14), np.float32)
         images = {c: np.zeros((T, S, S, 3), np.uint8) for c in env.cameras} if render else {}
+        noisy = noise is not None and noise.std > 0
+        offsets = noise.sample(seed, T, expert.noise_windows) if noisy else np.zeros((T, 14))
+        executed = np.zeros((T, 14), np.float32)
         integral = np.zeros(14)
         for t in range(T):
             qpos[t], qvel[t] = env.joint_positions(), env.joint_velocities()
             target = scene.step(expert.commands(t, scene, env)).astype(np.float64)
             actions[t] = target + integral
+            executed[t] = target + integral + offsets[t]
             if render:
                 for c in env.cameras:
                     images[c][t] = obs["images"][c]
-                obs, rewards[t], _, _ = env.step(actions[t])
+                obs, rewards[t], _, _ = env.step(executed[t])
             else:
-                rewards[t] = env.step_physics(actions[t])
-            error = target - env.joint_positions()
+                rewards[t] = env.step_physics(executed[t])
+            error = target + offsets[t] - env.joint_positions()
             integral[ARM_JOINTS] = np.clip(integral[ARM_JOINTS] + integral_gain * error[ARM_JOINTS], -0.5, 0.5)
-        return ExpertEpisode(task, seed, actions, rewards, qpos, qvel, images)
+        return ExpertEpisode(task, seed, actions, rewards, qpos, qvel, images, executed if noisy else None)
     finally:
         if own_scene:
             scene.close()
@@ -452,6 +509,8 @@ def write_episode(path: Path, episode: ExpertEpisode, instruction: str, compress
             obs.create_dataset("qpos", data=episode.qpos)
             obs.create_dataset("qvel", data=episode.qvel)
             f.create_dataset("action", data=episode.actions)
+            if episode.executed is not None:  # not ACT's: what the env ran (labels + ActionNoise offsets)
+                f.create_dataset("executed_action", data=episode.executed)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -469,7 +528,15 @@ def _record_seed(job: dict[str, Any]) -> dict[str, Any]:
         env = AlohaSimEnv(job["task"], tuple(job["cameras"]), job["image_size"], job["episode_len"], job["fast_render"])
         _WORKER_STATE[key] = (MocapScene(job["task"]), env)
     scene, env = _WORKER_STATE[key]
-    episode = run_expert(job["task"], job["seed"], job["episode_len"], scene=scene, env=env, render=True)
+    noise = ActionNoise(job["noise_std"], job["noise_steps"]) if job.get("noise_std") else None
+    from dm_control.rl.control import PhysicsError
+
+    try:
+        episode = run_expert(job["task"], job["seed"], job["episode_len"], scene=scene, env=env, render=True,
+                             noise=noise)
+    except PhysicsError as e:  # a perturbed (ActionNoise) episode can make the mocap welds blow up: a failed seed
+        return {"seed": job["seed"], "success": False, "max_reward": -1.0, "tmp_path": None,
+                "seconds": time.perf_counter() - start, "error": str(e).splitlines()[0]}
     tmp_path = None
     if episode.success:
         tmp_path = Path(job["out_dir"]) / f".seed_{job['seed']}.hdf5"
@@ -513,6 +580,8 @@ def generate_demos(
     episode_len: int = 400,
     max_attempts: int | None = None,
     compression: str | None = None,
+    noise_std: float = 0.0,
+    noise_steps: float = 25.0,
     verbose: bool = True,
 ) -> list[Path]:
     """Write ``num_episodes`` successful expert episodes ``episode_{i}.hdf5`` (ACT format) into ``out_dir``.
@@ -527,10 +596,13 @@ def generate_demos(
         episode_len: steps per episode (ACT: 400 at 50 Hz).
         max_attempts: give up (ValueError) after this many seeds; default ``2 * num_episodes + 10``.
         compression: HDF5 filter for the images (``None`` = raw, as ACT; ``"lzf"`` or ``"gzip"``).
+        noise_std, noise_steps: ``ActionNoise`` on the executed targets (DART-style demos; 0 = clean demos). Noisy
+            episodes also store ``/executed_action``, which replays them.
     Returns:
         the episode paths, in index order.
     """
     task_info = get_task(task)
+    ActionNoise(noise_std, noise_steps)  # validates both
     cameras = [cameras] if isinstance(cameras, str) else list(cameras)
     if num_episodes < 1 or image_size < 1 or episode_len < 1 or not cameras:
         raise ValueError(
@@ -552,6 +624,8 @@ def generate_demos(
         "episode_len": int(episode_len),
         "compression": compression,
     }
+    if noise_std > 0:  # only then, so that clean demo folders written before these keys existed stay valid
+        params.update(noise_std=float(noise_std), noise_steps=float(noise_steps))
     paths = [out / f"episode_{i}.hdf5" for i in range(num_episodes)]
     manifest_path = out / MANIFEST
     old = _read_manifest(manifest_path)
