@@ -173,7 +173,10 @@ class WaypointExpert:
     """Per-arm waypoint tables, (re)built at the start of each stage; optional per-step TCP corrections.
 
     ``noise_windows`` (per arm, ``[(t0, t1), ...]`` in steps) are the free-space segments where ``run_expert`` may
-    perturb the executed joint targets (``ActionNoise``): no grasp, release or insertion happens in them.
+    perturb the executed joint targets (``ActionNoise``): the arm holds nothing and grasps nothing in them. (While
+    an arm carries an object, a perturbation moves the object in the env's gripper but not in the mocap scene's;
+    the later stages, planned from the env, then make the scene's other arm collide with its own object and its
+    joint targets go wild: 10 of 60 TransferCube episodes with noise on the carry.)
 
     A stage builder sees the mocap scene (commanded TCPs, for continuity) and the joint-space env (where the
     objects really are) and returns new waypoints per arm; they replace the arm's waypoints from their first time.
@@ -223,8 +226,8 @@ class TransferCubeExpert(WaypointExpert):
     """
 
     stage_starts = (0, 230)
-    # right: reach above the cube, carry it to the meet point; left: wait, then approach until 10 steps before the take
-    noise_windows = {"right": [(0, 80), (150, 220)], "left": [(0, 280)]}
+    # right: reach above the cube; left: wait, then approach until 10 steps before the take
+    noise_windows = {"right": [(0, 80)], "left": [(0, 280)]}
 
     def __init__(
         self,
@@ -288,7 +291,7 @@ class InsertionExpert(WaypointExpert):
     """
 
     stage_starts = (0, 235)
-    noise_windows = {"right": [(0, 90), (160, 220)], "left": [(0, 90), (160, 220)]}  # reach above, carry
+    noise_windows = {"right": [(0, 90)], "left": [(0, 90)]}  # reach above the objects
     PEG_HALF_LENGTH = 0.06
 
     def __init__(
@@ -625,7 +628,9 @@ def generate_demos(
         "compression": compression,
     }
     if noise_std > 0:  # only then, so that clean demo folders written before these keys existed stay valid
-        params.update(noise_std=float(noise_std), noise_steps=float(noise_steps))
+        windows = EXPERTS[task_info.name].noise_windows
+        params.update(noise_std=float(noise_std), noise_steps=float(noise_steps),
+                      noise_windows={arm: [list(w) for w in spans] for arm, spans in windows.items()})
     paths = [out / f"episode_{i}.hdf5" for i in range(num_episodes)]
     manifest_path = out / MANIFEST
     old = _read_manifest(manifest_path)
