@@ -40,6 +40,14 @@ class CliError(Exception):
 # ---------------------------------------------------------------------------------------------------- composition
 
 
+def _framework_override(override: str) -> str:
+    """``key=value`` → ``++key=value``; a path with ``=`` in it (Lightning's ``epoch=0-step=2000.ckpt``) is quoted."""
+    key, _, value = override.partition("=")
+    if key in ("ckpt_path", "run_dir") and "=" in value and value[:1] not in ("'", '"') and "'" not in value:
+        value = f"'{value}'"
+    return f"++{key}={value}"
+
+
 def compose(config_file: str | Path, overrides: list[str]) -> tuple[Any, dict[str, Any]]:
     """Compose ``config_file`` + overrides; returns (config without the hydra node, chosen group options)."""
     from hydra import compose as hydra_compose
@@ -51,7 +59,7 @@ def compose(config_file: str | Path, overrides: list[str]) -> tuple[Any, dict[st
     if not path.is_file():
         raise CliError(f"--config: file not found: {path}")
     # framework keys may be set whether or not the primary config declares them
-    overrides = [f"++{o}" if o.split("=", 1)[0] in FRAMEWORK_KEYS else o for o in overrides]
+    overrides = [_framework_override(o) if o.split("=", 1)[0] in FRAMEWORK_KEYS else o for o in overrides]
     search = [f"file://{BUILTIN_CONFIGS}"] if BUILTIN_CONFIGS.is_dir() and BUILTIN_CONFIGS != path.parent else []
     extra = [f"hydra.searchpath=[{','.join(search)}]"] if search else []
     GlobalHydra.instance().clear()

@@ -90,6 +90,11 @@ def test_swap_backbone_and_image_encoder_by_config():
     assert not list(plain.image_encoder.parameters())
 
 
+def test_checkpoint_path_with_equals_signs():
+    cfg, _ = compose(ALOHA_SIM, ["ckpt_path=runs/x/checkpoints/epoch=0-step=2000.ckpt", "run_dir=runs/a=b"])
+    assert cfg.ckpt_path == "runs/x/checkpoints/epoch=0-step=2000.ckpt" and cfg.run_dir == "runs/a=b"
+
+
 def test_override_typo_is_one_line():
     with pytest.raises(CliError, match=r"Could not override 'trainer.max_stepz'"):
         compose(ALOHA_SIM, ["trainer.max_stepz=5"])
