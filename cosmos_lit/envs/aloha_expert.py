@@ -176,7 +176,7 @@ class WaypointExpert:
     perturb the executed joint targets (``ActionNoise``): the arm holds nothing and grasps nothing in them. (While
     an arm carries an object, a perturbation moves the object in the env's gripper but not in the mocap scene's;
     the later stages, planned from the env, then make the scene's other arm collide with its own object and its
-    joint targets go wild: 10 of 60 TransferCube episodes with noise on the carry.)
+    joint targets go wild.)
 
     A stage builder sees the mocap scene (commanded TCPs, for continuity) and the joint-space env (where the
     objects really are) and returns new waypoints per arm; they replace the arm's waypoints from their first time.
