@@ -7,7 +7,7 @@ and matching episodes are reused). Everything else is the ALOHA DataModule.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cosmos_lit.datamodules.aloha import AlohaDataModule
@@ -27,6 +27,8 @@ class AlohaSimDataModule(AlohaDataModule):
         demo_noise_std / demo_noise_steps: DART-style demos: an Ornstein-Uhlenbeck perturbation (std in radians,
             correlation time in env steps) of the arm joints the env executes in the expert's free-space segments,
             while the labels stay the expert's commands (``cosmos_lit.envs.aloha_expert.ActionNoise``); 0 = clean.
+        demo_expert: keyword arguments of the task's scripted expert, e.g. ``{left_approach: glide}`` for
+            TransferCube (``cosmos_lit.envs.aloha_expert.TransferCubeExpert``); empty = its defaults.
         Other keys: see ``AlohaDataModule``.
     """
 
@@ -40,6 +42,7 @@ class AlohaSimDataModule(AlohaDataModule):
         fast_render: bool = True,
         demo_noise_std: float = 0.0,
         demo_noise_steps: float = 25.0,
+        demo_expert: dict[str, Any] | None = None,
         cameras: Sequence[str] = ("top",),
         image_size: int = 64,
         batch_size: int = 16,
@@ -55,6 +58,16 @@ class AlohaSimDataModule(AlohaDataModule):
             raise ConfigError(f"data.demo_noise_std: expected a number >= 0 (radians), got {demo_noise_std}")
         if not isinstance(demo_noise_steps, (int, float)) or not demo_noise_steps >= 1:
             raise ConfigError(f"data.demo_noise_steps: expected a correlation time >= 1 (env steps), got {demo_noise_steps}")
+        if demo_expert is not None and not isinstance(demo_expert, Mapping):
+            raise ConfigError(f"data.demo_expert: expected a mapping of expert options, got {demo_expert!r}")
+        demo_expert = {str(k): v for k, v in (demo_expert or {}).items()}
+        if demo_expert:  # checked here so that a typo stops the run before anything is generated
+            from cosmos_lit.envs.aloha_expert import make_expert
+
+            try:
+                make_expert(task, demo_expert)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"data.demo_expert: {e}") from None
         super().__init__(data_dir=data_dir, cameras=cameras, image_size=image_size, batch_size=batch_size,
                          val_fraction=val_fraction, augment=augment, **kwargs)
         self.task = task
@@ -63,6 +76,7 @@ class AlohaSimDataModule(AlohaDataModule):
         self.demo_workers = demo_workers
         self.fast_render = fast_render
         self.demo_noise_std, self.demo_noise_steps = float(demo_noise_std), float(demo_noise_steps)
+        self.demo_expert = demo_expert
 
     def prepare_data(self) -> None:
         from cosmos_lit.envs.aloha_expert import generate_demos
@@ -71,4 +85,5 @@ class AlohaSimDataModule(AlohaDataModule):
             self.data_dir, task=self.task, num_episodes=self.num_demos, seed0=self.demo_seed0,
             image_size=self.image_size, cameras=tuple(self.cameras), fast_render=self.fast_render,
             num_workers=self.demo_workers, noise_std=self.demo_noise_std, noise_steps=self.demo_noise_steps,
+            expert_options=self.demo_expert,
         )

@@ -24,10 +24,14 @@ def main() -> None:
     p.add_argument("--compression", choices=["lzf", "gzip"], default=None)
     p.add_argument("--noise-std", type=float, default=0.0, help="DART-style perturbation of executed joints, rad")
     p.add_argument("--noise-steps", type=float, default=25.0, help="its correlation time, env steps")
+    p.add_argument("--expert", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="scripted-expert options, e.g. left_approach=glide (TransferCube)")
     a = p.parse_args()
+    options = dict(kv.split("=", 1) for kv in a.expert)
     generate_demos(
         a.out_dir, a.task, a.episodes, a.seed0, a.size, a.cameras, not a.slow_render, a.workers,
         episode_len=a.episode_len, compression=a.compression, noise_std=a.noise_std, noise_steps=a.noise_steps,
+        expert_options=options,
     )
 
 

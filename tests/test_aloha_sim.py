@@ -221,3 +221,30 @@ def test_noisy_demos_are_recorded_with_their_executed_actions(tmp_path):
     with h5py.File(path, "r") as f:
         assert f["executed_action"].shape == f["action"].shape == (400, 14)
         assert not np.array_equal(f["executed_action"][:], f["action"][:])
+
+
+def test_gliding_left_arm_never_stands_still_before_the_take():
+    from cosmos_lit.envs.aloha_expert import TransferCubeExpert, make_expert
+
+    env = AlohaSimEnv(task="transfer_cube", image_size=SIZE)
+    try:
+        wait = run_expert("transfer_cube", 3, env=env)
+        glide = run_expert("transfer_cube", 3, env=env, expert=make_expert("transfer_cube", {"left_approach": "glide"}))
+        assert wait.success and glide.success
+        # left-arm joint motion per step (rad, summed over joints), steps 150-230: "wait" holds its pose (only the
+        # position servo's slow settling moves it: ~0.002), "glide" keeps travelling (~0.009)
+        speed = lambda ep: np.abs(np.diff(ep.qpos[150:230, 0:6], axis=0)).sum(1)  # noqa: E731
+        assert speed(glide).min() > 0.005 > speed(wait).max()
+        np.testing.assert_array_equal(replay(env, 3, glide.actions), glide.rewards)
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['left_aproach'\]; it accepts"):
+        make_expert("transfer_cube", {"left_aproach": "glide"})
+    with pytest.raises(ValueError, match="left_approach: expected one of"):
+        TransferCubeExpert(left_approach="slide")
+
+
+def test_expert_options_are_recorded_in_the_manifest(tmp_path):
+    generate_demos(tmp_path, "transfer_cube", 1, seed0=2, image_size=SIZE, num_workers=1,
+                   expert_options={"left_approach": "glide"})
+    assert json.loads((tmp_path / "manifest.json").read_text())["params"]["expert_options"] == {"left_approach": "glide"}

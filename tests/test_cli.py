@@ -140,6 +140,13 @@ def test_bad_demo_noise_is_one_line(tmp_path):
     assert "data.demo_noise_std: expected a number >= 0" in line
 
 
+def test_bad_demo_expert_option_is_one_line(tmp_path):
+    line = one_line_error(cli("fit", "--config", ALOHA_SIM, f"data.data_dir={tmp_path}/demos",
+                              "+data.demo_expert.left_approach=slide"))
+    assert "data.demo_expert: TransferCubeExpert.left_approach: expected one of ('wait', 'glide')" in line
+    assert not (tmp_path / "demos").exists()
+
+
 def test_malformed_hdf5_is_one_line(tmp_path):
     d = tmp_path / "episodes"
     d.mkdir()

@@ -223,11 +223,17 @@ class TransferCubeExpert(WaypointExpert):
         pick_pitch / take_pitch: right / left gripper tilt below horizontal, radians.
         grasp_offset: right TCP minus cube centre (upper right part of the cube, so its left half stays free).
         take_offset: left TCP minus cube centre at the hand-over.
+        left_approach: how the left arm comes to the hand-over. ``"wait"``: it reaches a waiting pose 20 cm left of
+            the meet point by step 150, holds it until the right arm has arrived (step 230), then approaches.
+            ``"glide"``: it never holds a pose; from step 100 it glides slowly towards the meet point (0.8 mm per
+            step) and arrives 8 cm short of it at step 260, so its own pose tells a policy how far the episode has
+            come (a held pose gives no such clock: when to leave it must be read off the other arm).
     """
 
     stage_starts = (0, 230)
-    # right: reach above the cube; left: wait, then approach until 10 steps before the take
+    # right: reach above the cube; left: approach until 10 steps before the take
     noise_windows = {"right": [(0, 80)], "left": [(0, 280)]}
+    left_approaches = ("wait", "glide")
 
     def __init__(
         self,
@@ -235,10 +241,15 @@ class TransferCubeExpert(WaypointExpert):
         take_pitch: float = 0.0,
         grasp_offset: tuple[float, float, float] = (0.012, 0.0, 0.015),
         take_offset: tuple[float, float, float] = (-0.015, 0.0, -0.008),
+        left_approach: str = "wait",
     ):
         super().__init__()
+        if left_approach not in self.left_approaches:
+            raise ValueError(f"TransferCubeExpert.left_approach: expected one of {self.left_approaches}, "
+                             f"got {left_approach!r}")
         self.pick_pitch, self.take_pitch = pick_pitch, take_pitch
         self.grasp_offset, self.take_offset = np.asarray(grasp_offset), np.asarray(take_offset)
+        self.left_approach = left_approach
 
     def build_stage(self, k: int, scene: MocapScene, env: AlohaSimEnv) -> dict[str, list[Waypoint]]:
         cube = _object_pose(env, 0)[:3]
@@ -253,8 +264,17 @@ class TransferCubeExpert(WaypointExpert):
                 Waypoint(150, grasp, q, CLOSED),
                 Waypoint(220, MEET_POINT + self.grasp_offset, q, CLOSED),
             ]
-            wait = MEET_POINT + [-0.2, 0, 0.05]  # left arm waits, open, away from the incoming cube
-            left = [_hold(scene, "left", 0, g0), Waypoint(150, wait, tcp_quat("left", self.take_pitch), OPEN)]
+            q_left = tcp_quat("left", self.take_pitch)
+            if self.left_approach == "wait":
+                wait = MEET_POINT + [-0.2, 0, 0.05]  # left arm waits, open, away from the incoming cube
+                left = [_hold(scene, "left", 0, g0), Waypoint(150, wait, q_left, OPEN)]
+            else:  # aimed at where the cube should be at the meet point; re-aimed at step 230
+                take = MEET_POINT + self.take_offset
+                left = [
+                    _hold(scene, "left", 0, g0),
+                    Waypoint(100, take + [-0.2, 0, 0.05], q_left, OPEN),
+                    Waypoint(260, take + [-0.08, 0, 0], q_left, OPEN),
+                ]
             return {"left": left, "right": right}
         # hand-over, aimed at where the right gripper really holds the cube
         q, take = tcp_quat("left", self.take_pitch), cube + self.take_offset
@@ -358,6 +378,18 @@ class InsertionExpert(WaypointExpert):
 EXPERTS: dict[str, Callable[..., WaypointExpert]] = {"transfer_cube": TransferCubeExpert, "insertion": InsertionExpert}
 
 
+def make_expert(task: str, options: dict[str, Any] | None = None) -> WaypointExpert:
+    """The task's expert with constructor ``options`` (e.g. ``{"left_approach": "glide"}``), checked by name."""
+    import inspect
+
+    cls, options = EXPERTS[get_task(task).name], dict(options or {})
+    accepted = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown option(s) {unknown}; it accepts {accepted}")
+    return cls(**options)
+
+
 # -- expert rollout and replay --------------------------------------------------------------------------------------
 ARM_JOINTS = np.r_[0:6, 7:13]  # action entries that are arm joints (6 and 13 are the grippers)
 
@@ -450,7 +482,7 @@ def run_expert(
     own_scene, own_env = scene is None, env is None
     scene = scene or MocapScene(task)
     env = env or AlohaSimEnv(task=task, max_steps=episode_len)
-    expert = expert or EXPERTS[get_task(task).name]()
+    expert = expert or make_expert(task)
     T, S = episode_len, env.image_size
     try:
         scene.reset(seed)
@@ -532,11 +564,12 @@ def _record_seed(job: dict[str, Any]) -> dict[str, Any]:
         _WORKER_STATE[key] = (MocapScene(job["task"]), env)
     scene, env = _WORKER_STATE[key]
     noise = ActionNoise(job["noise_std"], job["noise_steps"]) if job.get("noise_std") else None
+    expert = make_expert(job["task"], job.get("expert_options"))
     from dm_control.rl.control import PhysicsError
 
     try:
-        episode = run_expert(job["task"], job["seed"], job["episode_len"], scene=scene, env=env, render=True,
-                             noise=noise)
+        episode = run_expert(job["task"], job["seed"], job["episode_len"], scene=scene, env=env, expert=expert,
+                             render=True, noise=noise)
     except PhysicsError as e:  # a perturbed (ActionNoise) episode can make the mocap welds blow up: a failed seed
         return {"seed": job["seed"], "success": False, "max_reward": -1.0, "tmp_path": None,
                 "seconds": time.perf_counter() - start, "error": str(e).splitlines()[0]}
@@ -585,6 +618,7 @@ def generate_demos(
     compression: str | None = None,
     noise_std: float = 0.0,
     noise_steps: float = 25.0,
+    expert_options: dict[str, Any] | None = None,
     verbose: bool = True,
 ) -> list[Path]:
     """Write ``num_episodes`` successful expert episodes ``episode_{i}.hdf5`` (ACT format) into ``out_dir``.
@@ -601,11 +635,15 @@ def generate_demos(
         compression: HDF5 filter for the images (``None`` = raw, as ACT; ``"lzf"`` or ``"gzip"``).
         noise_std, noise_steps: ``ActionNoise`` on the executed targets (DART-style demos; 0 = clean demos). Noisy
             episodes also store ``/executed_action``, which replays them.
+        expert_options: keyword arguments of the task's expert (``make_expert``), e.g.
+            ``{"left_approach": "glide"}`` for TransferCube; recorded in the manifest.
     Returns:
         the episode paths, in index order.
     """
     task_info = get_task(task)
     ActionNoise(noise_std, noise_steps)  # validates both
+    expert_options = dict(expert_options or {})
+    make_expert(task_info.name, expert_options)  # validates the option names and values
     cameras = [cameras] if isinstance(cameras, str) else list(cameras)
     if num_episodes < 1 or image_size < 1 or episode_len < 1 or not cameras:
         raise ValueError(
@@ -631,6 +669,8 @@ def generate_demos(
         windows = EXPERTS[task_info.name].noise_windows
         params.update(noise_std=float(noise_std), noise_steps=float(noise_steps),
                       noise_windows={arm: [list(w) for w in spans] for arm, spans in windows.items()})
+    if expert_options:  # likewise: only non-default experts add a key
+        params.update(expert_options=expert_options)
     paths = [out / f"episode_{i}.hdf5" for i in range(num_episodes)]
     manifest_path = out / MANIFEST
     old = _read_manifest(manifest_path)
