@@ -149,13 +149,14 @@ class SimEvalCallback(L.Callback):
                 pl_module.train()
         save_results(out_dir / f"episodes_rank{rank}.json", results, {"step": step})
         dev = pl_module.device
+        for m in (self.success, self.reward, self.max_reward, self.errors):  # the callback's metrics start on the CPU
+            m.to(dev)
         for r in results:
             if r.error is None:
                 self.success.update(torch.tensor(float(r.success), device=dev))
                 self.reward.update(torch.tensor(r.total_reward, device=dev))
                 self.max_reward.update(torch.tensor(r.max_reward, device=dev))
             self.errors.update(torch.tensor(float(r.error not in (None, "time budget")), device=dev))
-        self.success.to(dev), self.reward.to(dev), self.max_reward.to(dev), self.errors.to(dev)
         metrics = {
             "sim/success_rate": float(self.success.compute()) if self.success.update_count else float("nan"),
             "sim/mean_reward": float(self.reward.compute()) if self.reward.update_count else float("nan"),

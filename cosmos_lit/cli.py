@@ -203,7 +203,9 @@ def build_callbacks(cfg: dict[str, Any], run_dir: Path, overrides: list[str], ch
     from cosmos_lit.callbacks import RunConfigInCheckpoint
     from cosmos_lit.registry import build
 
-    callbacks: list[Any] = [RichProgressBar(leave=True)]
+    # trainer.enable_progress_bar=false (batch jobs, logs to a file): Lightning refuses a progress-bar callback then
+    show_progress = (cfg.get("trainer") or {}).get("enable_progress_bar", True) is not False
+    callbacks: list[Any] = [RichProgressBar(leave=True)] if show_progress else []
     task_name = str((cfg.get("task") or {}).get("name", "cosmos_policy"))
     if command == "fit":
         ck = dict(cfg.get("checkpoint") or {})

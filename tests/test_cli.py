@@ -90,6 +90,20 @@ def test_swap_backbone_and_image_encoder_by_config():
     assert not list(plain.image_encoder.parameters())
 
 
+def test_progress_bar_can_be_switched_off(tmp_path):
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from cosmos_lit.cli import build_callbacks, build_trainer
+
+    for flag, bars in ((None, 1), ("false", 0)):
+        overrides = [f"+trainer.enable_progress_bar={flag}"] if flag else []
+        cfg, choices = compose(ALOHA_SIM, overrides + ["eval=none", "logger=none"])
+        plain = resolve(cfg)
+        callbacks = build_callbacks(plain, tmp_path, overrides, choices, "fit")
+        assert sum(isinstance(c, RichProgressBar) for c in callbacks) == bars
+        build_trainer(plain, tmp_path, callbacks, "fit")  # Lightning refuses a progress-bar callback when off
+
+
 def test_checkpoint_path_with_equals_signs():
     cfg, _ = compose(ALOHA_SIM, ["ckpt_path=runs/x/checkpoints/epoch=0-step=2000.ckpt", "run_dir=runs/a=b"])
     assert cfg.ckpt_path == "runs/x/checkpoints/epoch=0-step=2000.ckpt" and cfg.run_dir == "runs/a=b"
