@@ -27,12 +27,18 @@ def main() -> None:
     p.add_argument("--expert", nargs="*", default=[], metavar="KEY=VALUE",
                    help="scripted-expert options, e.g. left_approach=glide (TransferCube)")
     a = p.parse_args()
+    bad = [kv for kv in a.expert if "=" not in kv]
+    if bad:
+        p.error(f"--expert: expected KEY=VALUE (e.g. left_approach=glide), got {bad[0]!r}")
     options = dict(kv.split("=", 1) for kv in a.expert)
-    generate_demos(
-        a.out_dir, a.task, a.episodes, a.seed0, a.size, a.cameras, not a.slow_render, a.workers,
-        episode_len=a.episode_len, compression=a.compression, noise_std=a.noise_std, noise_steps=a.noise_steps,
-        expert_options=options,
-    )
+    try:
+        generate_demos(
+            a.out_dir, a.task, a.episodes, a.seed0, a.size, a.cameras, not a.slow_render, a.workers,
+            episode_len=a.episode_len, compression=a.compression, noise_std=a.noise_std, noise_steps=a.noise_steps,
+            expert_options=options,
+        )
+    except ValueError as e:  # bad parameters or expert options, or too few successful seeds: one line, no traceback
+        raise SystemExit(f"make_aloha_demos.py: {e}") from None
 
 
 if __name__ == "__main__":  # required: the worker processes are spawned

@@ -245,6 +245,6 @@ def test_gliding_left_arm_never_stands_still_before_the_take():
 
 
 def test_expert_options_are_recorded_in_the_manifest(tmp_path):
-    generate_demos(tmp_path, "transfer_cube", 1, seed0=2, image_size=SIZE, num_workers=1,
+    generate_demos(tmp_path, "transfer_cube", 1, seed0=2, image_size=SIZE, num_workers=2,  # GL stays in workers
                    expert_options={"left_approach": "glide"})
     assert json.loads((tmp_path / "manifest.json").read_text())["params"]["expert_options"] == {"left_approach": "glide"}

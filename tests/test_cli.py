@@ -161,6 +161,15 @@ def test_bad_demo_expert_option_is_one_line(tmp_path):
     assert not (tmp_path / "demos").exists()
 
 
+def test_make_aloha_demos_bad_expert_option_is_one_line(tmp_path):
+    script = str(ROOT / "scripts" / "make_aloha_demos.py")
+    for arg, message in (("glide", "--expert: expected KEY=VALUE"), ("left_aproach=glide", "unknown option(s) ['left_aproach']")):
+        proc = subprocess.run([sys.executable, script, str(tmp_path / "demos"), "--expert", arg], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "demos").exists()
+
+
 def test_malformed_hdf5_is_one_line(tmp_path):
     d = tmp_path / "episodes"
     d.mkdir()
