@@ -248,3 +248,21 @@ def test_expert_options_are_recorded_in_the_manifest(tmp_path):
     generate_demos(tmp_path, "transfer_cube", 1, seed0=2, image_size=SIZE, num_workers=2,  # GL stays in workers
                    expert_options={"left_approach": "glide"})
     assert json.loads((tmp_path / "manifest.json").read_text())["params"]["expert_options"] == {"left_approach": "glide"}
+    options = {"left_approach": "glide", "noise_arms": ["right"]}
+    generate_demos(tmp_path / "dart", "transfer_cube", 1, seed0=2, image_size=SIZE, num_workers=2, noise_std=0.08,
+                   expert_options=options)
+    params = json.loads((tmp_path / "dart" / "manifest.json").read_text())["params"]
+    assert params["expert_options"] == options and params["noise_windows"] == {"right": [[0, 80]]}
+
+
+def test_noise_can_be_limited_to_one_arm():
+    from cosmos_lit.envs.aloha_expert import ActionNoise, make_expert
+
+    expert = make_expert("transfer_cube", {"left_approach": "glide", "noise_arms": ["right"]})
+    assert expert.noise_windows == {"right": [(0, 80)]}
+    ep = run_expert("transfer_cube", 2, expert=expert, noise=ActionNoise(0.08, 40))
+    offsets = ep.executed - ep.actions
+    assert ep.success and np.abs(offsets[:, 7:13]).max() > 0.05 and np.abs(offsets[:, 0:6]).max() == 0.0
+    assert make_expert("insertion", {"noise_arms": "left"}).noise_windows == {"left": [(0, 90)]}
+    with pytest.raises(ValueError, match=r"noise_arms: expected arms among \('left', 'right'\), got \['rigth'\]"):
+        make_expert("transfer_cube", {"noise_arms": ["rigth"]})

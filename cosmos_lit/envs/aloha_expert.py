@@ -33,6 +33,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -186,7 +187,12 @@ class WaypointExpert:
 
     noise_windows: dict[str, list[tuple[int, int]]] = {}
 
-    def __init__(self) -> None:
+    def __init__(self, noise_arms: Sequence[str] | str = ARMS) -> None:
+        """``noise_arms``: the arms whose ``noise_windows`` are kept (e.g. ``("right",)``: DART noise on one arm)."""
+        arms = tuple(a.strip() for a in noise_arms.split(",")) if isinstance(noise_arms, str) else tuple(noise_arms)
+        if not set(arms) <= set(ARMS):
+            raise ValueError(f"{type(self).__name__}.noise_arms: expected arms among {ARMS}, got {list(arms)}")
+        self.noise_windows = {arm: spans for arm, spans in type(self).noise_windows.items() if arm in arms}
         self.tables: dict[str, list[Waypoint]] = {arm: [] for arm in ARMS}
 
     def build_stage(self, k: int, scene: MocapScene, env: AlohaSimEnv) -> dict[str, list[Waypoint]]:
@@ -228,6 +234,7 @@ class TransferCubeExpert(WaypointExpert):
             ``"glide"``: it never holds a pose; from step 100 it glides slowly towards the meet point (0.8 mm per
             step) and arrives 8 cm short of it at step 260, so its own pose tells a policy how far the episode has
             come (a held pose gives no such clock: when to leave it must be read off the other arm).
+        noise_arms: the arms that DART-style demos perturb (``ActionNoise``; default both).
     """
 
     stage_starts = (0, 230)
@@ -242,8 +249,9 @@ class TransferCubeExpert(WaypointExpert):
         grasp_offset: tuple[float, float, float] = (0.012, 0.0, 0.015),
         take_offset: tuple[float, float, float] = (-0.015, 0.0, -0.008),
         left_approach: str = "wait",
+        noise_arms: Sequence[str] | str = ARMS,
     ):
-        super().__init__()
+        super().__init__(noise_arms)
         if left_approach not in self.left_approaches:
             raise ValueError(f"TransferCubeExpert.left_approach: expected one of {self.left_approaches}, "
                              f"got {left_approach!r}")
@@ -322,8 +330,9 @@ class InsertionExpert(WaypointExpert):
         socket_at: tuple[float, float, float] = (-0.1, 0.5, 0.22),
         push_to: float = 0.08,
         servo_gain: float = 0.1,
+        noise_arms: Sequence[str] | str = ARMS,
     ):
-        super().__init__()
+        super().__init__(noise_arms)
         self.pitch, self.push_to, self.servo_gain = pitch, push_to, servo_gain
         self.peg_grasp, self.socket_grasp, self.socket_at = map(np.asarray, (peg_grasp, socket_grasp, socket_at))
         self._offset = np.zeros(3)
@@ -666,7 +675,7 @@ def generate_demos(
         "compression": compression,
     }
     if noise_std > 0:  # only then, so that clean demo folders written before these keys existed stay valid
-        windows = EXPERTS[task_info.name].noise_windows
+        windows = make_expert(task_info.name, expert_options).noise_windows
         params.update(noise_std=float(noise_std), noise_steps=float(noise_steps),
                       noise_windows={arm: [list(w) for w in spans] for arm, spans in windows.items()})
     if expert_options:  # likewise: only non-default experts add a key
