@@ -652,7 +652,7 @@ def generate_demos(
     task_info = get_task(task)
     ActionNoise(noise_std, noise_steps)  # validates both
     expert_options = dict(expert_options or {})
-    make_expert(task_info.name, expert_options)  # validates the option names and values
+    expert = make_expert(task_info.name, expert_options)  # validates the option names and values
     cameras = [cameras] if isinstance(cameras, str) else list(cameras)
     if num_episodes < 1 or image_size < 1 or episode_len < 1 or not cameras:
         raise ValueError(
@@ -675,7 +675,7 @@ def generate_demos(
         "compression": compression,
     }
     if noise_std > 0:  # only then, so that clean demo folders written before these keys existed stay valid
-        windows = make_expert(task_info.name, expert_options).noise_windows
+        windows = expert.noise_windows
         params.update(noise_std=float(noise_std), noise_steps=float(noise_steps),
                       noise_windows={arm: [list(w) for w in spans] for arm, spans in windows.items()})
     if expert_options:  # likewise: only non-default experts add a key
