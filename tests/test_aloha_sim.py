@@ -253,6 +253,11 @@ def test_expert_options_are_recorded_in_the_manifest(tmp_path):
                    expert_options=options)
     params = json.loads((tmp_path / "dart" / "manifest.json").read_text())["params"]
     assert params["expert_options"] == options and params["noise_windows"] == {"right": [[0, 80]]}
+    # the command line spells the arm list as a string: same expert, so the folder is reused, not regenerated
+    before = (tmp_path / "dart" / "episode_0.hdf5").stat().st_mtime_ns
+    generate_demos(tmp_path / "dart", "transfer_cube", 1, seed0=2, image_size=SIZE, num_workers=2, noise_std=0.08,
+                   expert_options={"left_approach": "glide", "noise_arms": "right"})
+    assert (tmp_path / "dart" / "episode_0.hdf5").stat().st_mtime_ns == before
 
 
 def test_noise_can_be_limited_to_one_arm():

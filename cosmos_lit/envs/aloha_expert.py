@@ -192,6 +192,7 @@ class WaypointExpert:
         arms = tuple(a.strip() for a in noise_arms.split(",")) if isinstance(noise_arms, str) else tuple(noise_arms)
         if not set(arms) <= set(ARMS):
             raise ValueError(f"{type(self).__name__}.noise_arms: expected arms among {ARMS}, got {list(arms)}")
+        self.noise_arms = [arm for arm in ARMS if arm in arms]  # canonical: ARMS order, no repeats
         self.noise_windows = {arm: spans for arm, spans in type(self).noise_windows.items() if arm in arms}
         self.tables: dict[str, list[Waypoint]] = {arm: [] for arm in ARMS}
 
@@ -679,6 +680,8 @@ def generate_demos(
         params.update(noise_std=float(noise_std), noise_steps=float(noise_steps),
                       noise_windows={arm: [list(w) for w in spans] for arm, spans in windows.items()})
     if expert_options:  # likewise: only non-default experts add a key
+        if "noise_arms" in expert_options:  # "right", ["right"] and ("right",) are one expert: one manifest
+            expert_options["noise_arms"] = expert.noise_arms
         params.update(expert_options=expert_options)
     paths = [out / f"episode_{i}.hdf5" for i in range(num_episodes)]
     manifest_path = out / MANIFEST
