@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,30 @@ def _frame(obs: dict[str, Any], cameras: tuple[str, ...]) -> np.ndarray:
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
-    """mp4 (H.264 via imageio-ffmpeg), written atomically."""
-    import imageio.v2 as imageio
+    """mp4 (H.264 through PyAV, MPEG-4 part 2 where the FFmpeg build lacks an H.264 encoder), written atomically.
+
+    ``frames``: (H, W, 3) uint8 RGB each; padded at the bottom/right to multiples of 16 (yuv420p needs even sides).
+    """
+    from fractions import Fraction
+
+    import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.mp4")
     h, w = frames[0].shape[:2]
-    pad = [(0, (-h) % 16), (0, (-w) % 16), (0, 0)]  # macro-block friendly size, no rescale warnings
-    imageio.mimwrite(tmp, [np.pad(f, pad) for f in frames], fps=fps, macro_block_size=1)
-    os.replace(tmp, path)
+    pad = [(0, (-h) % 16), (0, (-w) % 16), (0, 0)]
+    codec = next((c for c in ("h264", "mpeg4") if c in av.codecs_available), "mpeg4")
+    try:
+        with av.open(str(tmp), mode="w") as container:
+            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+            stream.width, stream.height, stream.pix_fmt = w + pad[1][1], h + pad[0][1], "yuv420p"
+            for f in frames:
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.pad(f, pad)), format="rgb24")
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())  # flush
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def run_episodes(
@@ -141,7 +157,11 @@ def _run_wave(policy: Any, pool: Any, env_name: str, task_name: str, wave: list[
         path = None
         if record[i] and frames[i]:
             path = Path(video_dir) / f"episode_{first_index + i:03d}_seed{seed}_{'success' if success[i] else 'fail'}.mp4"
-            write_video(path, frames[i], video_fps)
+            try:
+                write_video(path, frames[i], video_fps)
+            except Exception as e:  # a video is a by-product: the episode's result stands without it
+                warnings.warn(f"run_episodes: could not write {path}: {type(e).__name__}: {e}", stacklevel=2)
+                path = None
         results.append(EpisodeResult(env_name, task_name, seed, success[i], total[i], best[i], steps[i], seconds,
                                      error=errors[i], video_path=str(path) if path else None, predicted_values=values[i]))
     return results

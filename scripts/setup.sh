@@ -8,7 +8,7 @@
 # Why each piece:
 # - libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0: MUJOCO_GL=egl offscreen rendering on Mesa llvmpipe (no GPU).
 #   libosmesa6: the MUJOCO_GL=osmesa fallback. libgl1 libglib2.0-0: opencv-python (pulled by robosuite).
-#   No Debian ffmpeg: videos are written by PyAV / imageio-ffmpeg, which ship their own ffmpeg.
+#   No Debian ffmpeg: videos are written by PyAV, whose wheels ship their own FFmpeg.
 # - torch 2.14.1 / torchvision 0.29.1 first, from this machine's local wheels, so nothing resolves a newer torch.
 # - mujoco 3.8.1: the one release that runs gym-aloha 0.1.5, dm-control 1.0.41 and robosuite 1.5.2 together.
 set -euo pipefail

@@ -90,6 +90,33 @@ def test_gym_aloha_transfer_cube_episode(tmp_path):
     assert results[0].steps == 60 and len(results[0].predicted_values) == 2  # 50 + 10 steps: two queries
 
 
+def test_write_video_roundtrip_and_atomic(tmp_path):
+    from cosmos_lit.evaluation import write_video
+
+    frames = [np.full((50, 70, 3), 5 * i, np.uint8) for i in range(12)]  # odd-sized: padded to 64 x 80
+    write_video(tmp_path / "v.mp4", frames, fps=50.0)
+    assert_valid_mp4(tmp_path / "v.mp4", frames=12)
+    with pytest.raises(Exception):
+        write_video(tmp_path / "bad.mp4", [np.zeros((8, 8), np.uint8)], fps=50.0)  # no colour axis
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]  # no partial file left behind
+
+
+def test_a_failed_video_is_a_warning_not_a_lost_episode(tmp_path, monkeypatch):
+    import cosmos_lit.evaluation as evaluation
+
+    def broken_writer(path, frames, fps):
+        raise RuntimeError("no encoder")
+
+    monkeypatch.setattr(evaluation, "write_video", broken_writer)
+    spec = dict(cameras=["top"], proprio_dim=14, action_dim=14, chunk_size=50, gamma=0.998, fps=50, image_size=64)
+    policy = tiny_policy(spec, range_stats([-0.1] * 14, [0.1] * 14, 14))
+    env = {"name": "aloha_sim", "task": "transfer_cube", "cameras": ["top"], "image_size": 64, "max_steps": 5,
+           "fast_render": True}
+    with pytest.warns(UserWarning, match="could not write .*RuntimeError: no encoder"):
+        (r,) = run_episodes(policy, env, [100_000], num_workers=1, max_steps=5, num_videos=1, video_dir=tmp_path)
+    assert r.error is None and r.steps == 5 and r.video_path is None
+
+
 def test_robosuite_lift_episode(tmp_path):
     spec = dict(cameras=["robot0_eye_in_hand", "agentview"], proprio_dim=9, action_dim=7, chunk_size=16, gamma=0.99,
                 fps=20, image_size=32)
