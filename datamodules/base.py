@@ -459,6 +459,10 @@ class EpisodeDataModule(L.LightningDataModule):
         instruction: fallback task instruction for episodes that carry none.
         samples_per_epoch: optional epoch length (random subset, or repeats, of the layout each epoch).
         stride: use every ``stride``-th start index t (1 = all).
+        start_steps, start_repeat: training demonstration steps ``t < start_steps`` appear ``start_repeat`` times in
+            an epoch's demonstration group (default 1: uniform over steps). At an episode's start the robot's state
+            is the same in every episode and only the images say where the objects are; oversampling those steps
+            gives that image-to-action mapping more of the training signal.
         statistics_path: statistics JSON; default ``<data_dir>/dataset_statistics.json``.
         flip_images: force the orientation (True: flip every frame); default: the reader's ``upside_down``.
         proprio_dim, action_dim: expected dims (None: take them from the data); a mismatch is an error.
@@ -490,6 +494,8 @@ class EpisodeDataModule(L.LightningDataModule):
         instruction: str | None = None,
         samples_per_epoch: int | None = None,
         stride: int = 1,
+        start_steps: int = 0,
+        start_repeat: int = 1,
         statistics_path: str | None = None,
         flip_images: bool | None = None,
         proprio_dim: int | None = None,
@@ -501,7 +507,7 @@ class EpisodeDataModule(L.LightningDataModule):
         if not cameras:
             raise ConfigError("data.cameras: at least one camera name is required")
         for key, value in (("image_size", image_size), ("chunk_size", chunk_size), ("batch_size", batch_size),
-                           ("stride", stride)):
+                           ("stride", stride), ("start_repeat", start_repeat)):
             if int(value) <= 0:
                 raise ConfigError(f"data.{key}: must be a positive integer, got {value}")
         if int(num_workers) < 0:
@@ -510,6 +516,8 @@ class EpisodeDataModule(L.LightningDataModule):
             raise ConfigError(f"data.val_fraction: must be in [0, 1), got {val_fraction}")
         if not 0.0 < float(gamma) <= 1.0:
             raise ConfigError(f"data.gamma: must be in (0, 1], got {gamma}")
+        if int(start_steps) < 0:
+            raise ConfigError(f"data.start_steps: must be >= 0, got {start_steps}")
         if samples_per_epoch is not None and int(samples_per_epoch) <= 0:
             raise ConfigError(f"data.samples_per_epoch: must be positive or null, got {samples_per_epoch}")
         if video_backend not in ("auto", "decord", "pyav"):
@@ -534,6 +542,7 @@ class EpisodeDataModule(L.LightningDataModule):
         self.instruction = instruction
         self.samples_per_epoch = None if samples_per_epoch is None else int(samples_per_epoch)
         self.stride = int(stride)
+        self.start_steps, self.start_repeat = int(start_steps), int(start_repeat)
         self.statistics_path = statistics_path
         self.flip_images = flip_images
         self.expected_proprio_dim = proprio_dim
@@ -708,6 +717,9 @@ class EpisodeDataModule(L.LightningDataModule):
     def train_dataset(self) -> EpisodeDataset:
         self._require_setup("train_dataset")
         demo_steps = self._steps(self._train_ids)
+        if self.start_repeat > 1 and self.start_steps > 0:
+            early = demo_steps[demo_steps[:, 1] < self.start_steps]
+            demo_steps = np.concatenate([demo_steps] + [early] * (self.start_repeat - 1))
         rollouts = [e for e in self._rollout_ids]
         success_ids = [e for e in rollouts if self._episodes[e].reward > 0]
         failure_ids = [e for e in rollouts if self._episodes[e].reward <= 0]

@@ -15,7 +15,7 @@ from cosmos_lit.datamodules.aloha import REAL_CAMERAS, AlohaDataModule, write_al
 from cosmos_lit.datamodules.base import STATISTICS_FILE, sample_type_fractions
 from cosmos_lit.layout import POLICY, VALUE, WORLD_MODEL
 from cosmos_lit.normalization import load_statistics, save_statistics, unnormalize
-from cosmos_lit.registry import build
+from cosmos_lit.registry import ConfigError, build
 from cosmos_lit.video import DECORD_AVAILABLE
 
 H, W, S = 24, 32, 16
@@ -164,6 +164,23 @@ def test_sample_type_fractions_default_50_25_25(tmp_path):
     frac = np.bincount(types, minlength=3) / len(types)
     assert frac[POLICY] == 0.5
     assert abs(frac[WORLD_MODEL] - 0.25) < 0.07 and abs(frac[VALUE] - 0.25) < 0.07
+
+
+def test_episode_starts_can_be_oversampled(tmp_path):
+    write(tmp_path, 3, length=20, cameras=("top",))
+    plain = make_dm(tmp_path, cameras=["top"], demonstration_sampling_prob=1.0)
+    plain.setup()
+    dm = make_dm(tmp_path, cameras=["top"], demonstration_sampling_prob=1.0, start_steps=4, start_repeat=3)
+    dm.setup()
+    ds = dm.train_dataset()
+    assert len(plain.train_dataset()) == 60 and len(ds) == 60 + 2 * 3 * 4
+    ts = np.array([ds.locate(i)[1] for i in range(len(ds))])
+    assert np.bincount(ts).tolist() == [9] * 4 + [3] * 16  # t < 4: 3 episodes x 3 copies; later: 3 episodes
+    assert len(dm.val_dataset()) == 0  # validation stays uniform (here: no held-out episodes)
+    with pytest.raises(ConfigError, match="data.start_repeat: must be a positive integer, got 0"):
+        make_dm(tmp_path, start_repeat=0)
+    with pytest.raises(ConfigError, match="data.start_steps: must be >= 0, got -1"):
+        make_dm(tmp_path, start_steps=-1)
 
 
 def test_rollouts_planning_mix_and_failure_values(tmp_path):
