@@ -96,7 +96,7 @@ def test_write_video_roundtrip_and_atomic(tmp_path):
     frames = [np.full((50, 70, 3), 5 * i, np.uint8) for i in range(12)]  # odd-sized: padded to 64 x 80
     write_video(tmp_path / "v.mp4", frames, fps=50.0)
     assert_valid_mp4(tmp_path / "v.mp4", frames=12)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):
         write_video(tmp_path / "bad.mp4", [np.zeros((8, 8), np.uint8)], fps=50.0)  # no colour axis
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]  # no partial file left behind
 
