@@ -1,4 +1,4 @@
-"""Does a policy's first action chunk depend on where the object is? (figures in README "What it reaches").
+"""Does a policy's first action chunk depend on where the object is? (figures in docs/aloha_sim_experiments.md).
 
 At an ALOHA-sim episode's first step the robot is in the same home pose in every episode: only the camera images
 say where the cube is, so the first chunk must be read off the images. For each demonstration episode this resets
@@ -10,8 +10,8 @@ the env to the episode's seed, queries the policy once and compares the right ar
 - slope: least-squares slope of the policy's deviation from its own mean on the demonstrations' deviation from
   theirs (1: it follows where the cube is, 0: it ignores it).
 
-    python scripts/diagnose_first_chunk.py runs/<run>/checkpoints/last.ckpt data/aloha_sim/transfer_cube_100_112 \\
-        --episodes 0-19
+    python research/aloha_sim/diagnose_first_chunk.py runs/<run>/checkpoints/last.ckpt \\
+        data/aloha_sim/transfer_cube_100_112 --episodes 0-19
 """
 
 from __future__ import annotations

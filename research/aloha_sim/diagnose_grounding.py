@@ -1,4 +1,4 @@
-"""Does a policy find the object in the image, or extrapolate from proprio? (figures in README "What it reaches").
+"""Does a policy find the object in the image, or extrapolate from proprio? (figures in docs/aloha_sim_experiments.md).
 
 Every scripted ALOHA-sim TransferCube episode starts from the same arm pose; only the cube's position differs. At
 frame 0 the image is therefore the only cue to where the right arm must go; a few frames later the arm's own motion
@@ -11,8 +11,8 @@ compares the predicted right-arm joint targets at chunk step K-1 with the demons
 - the same with the images rolled by one episode (each episode sees the next episode's cube): a policy that reads the
   image follows the *wrong* cube there (``corr`` drops), one that extrapolates proprio does not notice.
 
-    python scripts/diagnose_grounding.py runs/<run>/checkpoints/last.ckpt data/aloha_sim/transfer_cube_100_112 \\
-        --episodes 80-99 --frames 0,10,30
+    python research/aloha_sim/diagnose_grounding.py runs/<run>/checkpoints/last.ckpt \\
+        data/aloha_sim/transfer_cube_100_112 --episodes 80-99 --frames 0,10,30
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ targets at the grasp step (``--target-step``, default 90) are therefore a functi
 ridge-regress them (standardized) from the episode's first-frame latents with 5-fold cross-validation and report
 the held-out mean squared error (1.0 = predicting the mean; lower = more of the position is linearly readable).
 
-    python scripts/probe_image_latents.py data/aloha_sim/transfer_cube_100_112
+    python research/aloha_sim/probe_image_latents.py data/aloha_sim/transfer_cube_100_112
 
 Encoders compared: the random-init tiny Wan2.1 VAE (seed 0, data normalization, as the default config), 8x8
 average pooling of the pixels, and the weight-free block-DCT encoder (``model/image_encoder=dct``).

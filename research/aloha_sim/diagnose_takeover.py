@@ -1,4 +1,4 @@
-"""Can a policy finish an ALOHA-sim episode from a demonstration's state? (figures in README "What it reaches").
+"""Can a policy finish an ALOHA-sim episode from a demonstration's state? (figures in docs/aloha_sim_experiments.md).
 
 For each demonstration episode this replays the recorded actions open loop from ``reset(seed)`` up to step T (the
 scene is then exactly the demonstration's), hands control to the policy for the rest of the episode and reports
@@ -7,8 +7,8 @@ TransferCube cube is already in the right gripper at the meet point, so the resu
 prints the left arm's mean shoulder / elbow / wrist-angle joint positions (radians) and gripper opening under the
 policy next to the demonstrations' joint targets at the same step.
 
-    python scripts/diagnose_takeover.py runs/<run>/checkpoints/last.ckpt data/aloha_sim/transfer_cube_100_112 \\
-        --episodes 80-99 --from-step 230 --execute-steps 10
+    python research/aloha_sim/diagnose_takeover.py runs/<run>/checkpoints/last.ckpt \\
+        data/aloha_sim/transfer_cube_100_112 --episodes 80-99 --from-step 230 --execute-steps 10
 
 Demos with ``/executed_action`` (DART-style, ``data.demo_noise_std``) are replayed with what the env really ran.
 """

@@ -1,9 +1,10 @@
 """Can a from-scratch tiny DiT write a *moving* action chunk into a latent frame? Position codes and layouts compared.
 
-Tiling (reference/method.md §2) puts chunk step ``(W·c + h) mod K`` at latent row h of channel c, so the frame's tokens
-must write different steps at different rows. The conditioning frames (tiled proprio) look the same on every row,
-and 3D RoPE gives attention only *relative* positions, so a randomly initialized net has no handle on which row it
-writes: it learns per-channel averages and the chunk comes out nearly flat (the motion within the chunk is lost).
+Tiling (docs/method.md#vectors-in-latent-frames) puts chunk step ``(W·c + h) mod K`` at latent row h of channel c,
+so the frame's tokens must write different steps at different rows. The conditioning frames (tiled proprio) look the
+same on every row, and 3D RoPE gives attention only *relative* positions, so a randomly initialized net has no handle
+on which row it writes: it learns per-channel averages and the chunk comes out nearly flat (the motion within the
+chunk is lost).
 
 Task (synthetic, no data needed): proprio q and a goal direction g (both 14-d, uniform in [-1, 1]) are tiled into two
 conditioning frames; the target chunk is the ramp a_k = q + 0.8·(k/K)·g, K = 50, written into a 16×14×14
@@ -18,7 +19,7 @@ frame (the ALOHA-sim 112 px geometry); the net regresses it from a noise-free in
 Columns: held-out action L1 (normalized units) and the chunk-motion slope (regression of predicted on true
 displacement a_{K-1} − a_0: 1 = full motion, 0 = flat chunk), after the same number of AdamW steps.
 
-    python benchmarks/bench_chunk_positions.py            # 600 steps per row, about 10 min on 2 CPU cores
+    python research/aloha_sim/bench_chunk_positions.py    # 600 steps per row, about 10 min on 2 CPU cores
 """
 
 from __future__ import annotations
