@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -78,6 +77,7 @@ def write_checkpoint(path: Path) -> None:
     """Random bf16 weights in the official layout, created one tensor at a time (the writer holds one copy)."""
     import torch
 
+    from cosmos_lit.io import atomic_path
     from cosmos_lit.weights.cosmos_dit import COSMOS_PREDICT2_2B_V2W, build_dit_on_meta, diffusers_key_to_official
 
     shapes = {k: v.shape for k, v in build_dit_on_meta(COSMOS_PREDICT2_2B_V2W).state_dict().items()}
@@ -91,9 +91,8 @@ def write_checkpoint(path: Path) -> None:
     sd["net.pos_embedder.seq"] = torch.arange(256, dtype=torch.float32)
     sd["net.pos_embedder.dim_spatial_range"] = torch.arange(0, 42, 2, dtype=torch.float32) / 42
     sd["net.pos_embedder.dim_temporal_range"] = torch.arange(0, 44, 2, dtype=torch.float32) / 44
-    tmp = path.with_suffix(".tmp")
-    torch.save(sd, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(sd, tmp)
 
 
 def weight_bytes(model) -> int:

@@ -33,7 +33,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from cosmos_lit.datamodules.aloha import REAL_CAMERAS, write_aloha_episode
+from cosmos_lit.datamodules.act_format import write_aloha_episode
+from cosmos_lit.datamodules.aloha import REAL_CAMERAS
 from cosmos_lit.registry import build
 from cosmos_lit.video import DECORD_AVAILABLE
 

@@ -1,4 +1,4 @@
-"""Dataset statistics and the min-max normalization of actions and proprio (reference/method.md §2).
+"""Dataset statistics and the min-max normalization of actions and proprio (docs/method.md#vectors-in-latent-frames).
 
 Statistics use the official layout: a flat dict of per-dimension lists ::
 
@@ -23,11 +23,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from cosmos_lit.io import write_json_atomic
 
 STAT_NAMES = ("min", "max", "mean", "std", "median")
 GROUPS = ("actions", "proprio")
@@ -145,17 +146,5 @@ def load_statistics(path: str | os.PathLike) -> dict[str, list[float]]:
 
 
 def save_statistics(path: str | os.PathLike, stats: Mapping[str, Sequence[float]]) -> None:
-    """Write statistics as JSON atomically (temp file in the same folder, then ``os.replace``)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    plain = {k: [float(x) for x in v] for k, v in stats.items()}
-    fd, tmp = tempfile.mkstemp(prefix=".dataset_statistics.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(plain, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write statistics (name -> list of floats) as JSON atomically (temp file in the same folder, then rename)."""
+    write_json_atomic(path, {k: [float(x) for x in v] for k, v in stats.items()}, indent=2)

@@ -11,9 +11,12 @@ calls it with ``num_layers=2`` plus any runtime keyword arguments (shapes derive
 An unknown name, an unknown key or a missing required argument stops with one line that gives the node path,
 the bad key and the closest accepted spelling.
 
-Built-in components are discovered lazily: each registry knows the modules that define its entries and imports
-them on the first lookup. Third-party packages register through the ``cosmos_lit.plugins`` entry-point group,
-whose targets are imported (they call ``@register(...)`` at import time) on the first lookup as well.
+Built-in components are discovered lazily: each kind names the packages where its built-ins live, and the first
+lookup imports every module of those packages (subpackages included), whose ``@register(...)`` decorators then run.
+A new module dropped into such a package is found without editing this file; importing a module must therefore stay
+cheap and must not need an optional simulator (import those inside the functions that use them). Third-party
+packages register through the ``cosmos_lit.plugins`` entry-point group, whose targets are imported on the first
+lookup as well.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from collections.abc import Callable, Mapping
+import pkgutil
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 ENTRY_POINT_GROUP = "cosmos_lit.plugins"
@@ -31,17 +36,39 @@ class ConfigError(ValueError):
     """Bad configuration: the message is one line naming the node path, the key or value, and what was expected."""
 
 
-def _suggest(word: str, options: list[str]) -> str:
+def suggest(word: str, options: list[str]) -> str:
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-class Registry:
-    """Names to classes (or factory functions) for one component kind."""
+def package_modules(package: str) -> Iterator[str]:
+    """``package`` and every module below it (a plain module yields only itself), in name order, importing each
+    package to list its folder. Yields nothing when ``package`` itself does not exist (an optional package)."""
+    try:
+        pkg = importlib.import_module(package)
+    except ModuleNotFoundError as e:
+        if e.name != package:  # a dependency of an existing module is missing: that is a real error
+            raise
+        return
+    yield package
+    for info in sorted(pkgutil.iter_modules(getattr(pkg, "__path__", [])), key=lambda i: i.name):
+        if info.name == "__main__":  # a command line, not a component module
+            continue
+        yield from package_modules(f"{package}.{info.name}") if info.ispkg else [f"{package}.{info.name}"]
 
-    def __init__(self, kind: str, locations: list[str]):
+
+class Registry:
+    """Names to classes (or factory functions) for one component kind.
+
+    Args:
+        kind: the component kind, e.g. ``"backbone"``.
+        packages: dotted names of the packages (or plain modules) whose modules define the built-ins of this kind;
+            all their modules are imported on the first lookup.
+    """
+
+    def __init__(self, kind: str, packages: Sequence[str]):
         self.kind = kind
-        self.locations = list(locations)
+        self.packages = list(packages)
         self._entries: dict[str, Callable[..., Any]] = {}
         self._loaded = False
 
@@ -59,13 +86,14 @@ class Registry:
     def _load(self) -> None:
         if self._loaded:
             return
-        self._loaded = True
-        for module in self.locations:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as e:
-                if e.name != module:  # a dependency of a built-in module is missing: that is a real error
-                    raise
+        self._loaded = True  # first: a discovered module that looks this kind up must not recurse
+        try:
+            for package in self.packages:
+                for module in package_modules(package):
+                    importlib.import_module(module)
+        except BaseException:
+            self._loaded = False  # the next lookup raises the same error instead of answering from a partial list
+            raise
         load_plugins()
 
     def names(self) -> list[str]:
@@ -77,7 +105,7 @@ class Registry:
         if name not in self._entries:
             where = f"{path}.name" if path else "name"
             raise ConfigError(
-                f"{where}: unknown {self.kind} '{name}'{_suggest(name, list(self._entries))}; "
+                f"{where}: unknown {self.kind} '{name}'{suggest(name, list(self._entries))}; "
                 f"registered: {', '.join(sorted(self._entries)) or '(none)'}"
             )
         return self._entries[name]
@@ -110,32 +138,26 @@ def load_plugins() -> None:
         ep.load()
 
 
+# Where the built-ins of each kind live. cosmos_lit.datamodules, .callbacks and .tasks map to the top-level
+# folders datamodules/, callbacks/ and tasks/ (pyproject.toml, package-dir).
+_MODELS = ["cosmos_lit.models"]
 REGISTRIES: dict[str, Registry] = {
-    "backbone": Registry("backbone", ["cosmos_lit.models.backbones"]),
-    "image_encoder": Registry("image_encoder", ["cosmos_lit.models.image_encoders", "cosmos_lit.models.dct_image_encoder"]),
-    "vector_encoder": Registry("vector_encoder", ["cosmos_lit.models.vector_encoders"]),
-    "value_head": Registry("value_head", ["cosmos_lit.models.value_head"]),
+    "backbone": Registry("backbone", _MODELS),
+    "image_encoder": Registry("image_encoder", _MODELS),
+    "vector_encoder": Registry("vector_encoder", _MODELS),
+    "value_head": Registry("value_head", _MODELS),
     "text_encoder": Registry("text_encoder", ["cosmos_lit.text"]),
-    "planner": Registry("planner", ["cosmos_lit.models.planner"]),
-    "datamodule": Registry(
-        "datamodule",
-        [
-            "cosmos_lit.datamodules.aloha",
-            "cosmos_lit.datamodules.aloha_sim",
-            "cosmos_lit.datamodules.libero",
-            "cosmos_lit.datamodules.robocasa",
-            "cosmos_lit.datamodules.lerobot",
-        ],
-    ),
-    "env": Registry("env", ["cosmos_lit.envs.aloha", "cosmos_lit.envs.debug_env", "cosmos_lit.envs.robosuite", "cosmos_lit.envs.libero"]),
+    "planner": Registry("planner", _MODELS),
+    "datamodule": Registry("datamodule", ["cosmos_lit.datamodules"]),
+    "env": Registry("env", ["cosmos_lit.envs"]),
     "callback": Registry("callback", ["cosmos_lit.callbacks"]),
-    "task": Registry("task", ["cosmos_lit.tasks.post_training"]),
+    "task": Registry("task", ["cosmos_lit.tasks"]),
 }
 
 
 def registry(kind: str) -> Registry:
     if kind not in REGISTRIES:
-        raise ConfigError(f"unknown component kind '{kind}'{_suggest(kind, list(REGISTRIES))}; kinds: {', '.join(REGISTRIES)}")
+        raise ConfigError(f"unknown component kind '{kind}'{suggest(kind, list(REGISTRIES))}; kinds: {', '.join(REGISTRIES)}")
     return REGISTRIES[kind]
 
 
@@ -184,7 +206,7 @@ def bind_kwargs(target: Callable[..., Any], kwargs: Mapping[str, Any], path: str
         for key in kwargs:
             if key not in accepted:
                 raise ConfigError(
-                    f"{path}.{key}: unknown key for {getattr(target, '__name__', target)}{_suggest(key, accepted)}; "
+                    f"{path}.{key}: unknown key for {getattr(target, '__name__', target)}{suggest(key, accepted)}; "
                     f"accepted: {', '.join(accepted)}"
                 )
     for n in accepted:
@@ -222,11 +244,14 @@ def build(node: Any, kind: str, path: str | None = None, **runtime: Any) -> Any:
     return target(**kwargs)
 
 
+def summary(obj: Any) -> str:
+    """The first paragraph of ``obj``'s docstring as one line (wrapped lines joined); "" without a docstring."""
+    doc = inspect.getdoc(obj) or ""
+    first = re.split(r"\n\s*\n", doc.strip(), maxsplit=1)[0]
+    return " ".join(first.split())
+
+
 def describe(kind: str | None = None) -> list[tuple[str, str, str]]:
-    """Rows (kind, name, summary) for ``python -m cosmos_lit list``."""
-    rows = []
-    for k in [kind] if kind else list(REGISTRIES):
-        for name, obj in registry(k).items():
-            doc = (inspect.getdoc(obj) or "").strip().splitlines()
-            rows.append((k, name, doc[0] if doc else ""))
-    return rows
+    """Rows (kind, name, summary) for ``python -m cosmos_lit list``; the summary is the docstring's first
+    paragraph, whole and unwrapped."""
+    return [(k, name, summary(obj)) for k in ([kind] if kind else list(REGISTRIES)) for name, obj in registry(k).items()]

@@ -1,4 +1,4 @@
-"""ALOHA DataModule: ACT / ALOHA HDF5 episodes, simulated and real (reference/simulators.md §E).
+"""ALOHA DataModule: ACT / ALOHA HDF5 episodes, simulated and real (docs/method.md#demonstration-file-schemas).
 
 One episode per HDF5 file (``episode_*.hdf5`` or any ``*.hdf5`` under ``data_dir``, recursively)::
 
@@ -15,7 +15,8 @@ One episode per HDF5 file (``episode_*.hdf5`` or any ``*.hdf5`` under ``data_dir
     file attrs (optional): instruction / task_description / language_instruction; success, success_score (rollouts)
 
 Camera order is the latent-slot order: the Cosmos ALOHA layout is [cam_left_wrist, cam_right_wrist, cam_high]
-(reference/method.md §1); the ACT simulation has only 'top'. ``cameras`` picks them; every file must have them.
+(docs/method.md#latent-layout); the ACT simulation has only 'top'. ``cameras`` picks them; every file must have them.
+``cosmos_lit.datamodules.act_format.write_aloha_episode`` writes this layout.
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from cosmos_lit.datamodules.act_format import compress_len_order
+from cosmos_lit.datamodules.act_format import write_aloha_episode  # noqa: F401 - its former home; scripts import it here
 from cosmos_lit.datamodules.base import EpisodeDataModule, EpisodeReader, EpisodeRef, missing_data_dir
 from cosmos_lit.images import decode_image
 from cosmos_lit.registry import register
 
 REAL_CAMERAS = ("cam_left_wrist", "cam_right_wrist", "cam_high")
 SIM_CAMERAS = ("top",)
-# Order in which ALOHA recorders write cameras, hence the rows of /compress_len (filtered to the cameras present).
-RECORDER_CAMERA_ORDER = ("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist")
 # Cosmos Policy rollout files store JPEG frames at the top level under these names.
 ROLLOUT_JPEG_KEYS = {
     "cam_high": "primary_images_jpeg",
@@ -146,10 +147,7 @@ class AlohaEpisodeReader(EpisodeReader):
         if names is not None:
             order = [_text(n) for n in np.asarray(names).reshape(-1)]
         else:
-            present = list(f["observations/images"].keys())
-            order = [c for c in RECORDER_CAMERA_ORDER if c in present] + sorted(
-                c for c in present if c not in RECORDER_CAMERA_ORDER
-            )
+            order = compress_len_order(f["observations/images"].keys())
         return order.index(camera) if camera in order else None
 
     def _compress_lens(self, camera: str) -> np.ndarray | None:
@@ -268,100 +266,3 @@ class AlohaDataModule(EpisodeDataModule):
             if not rollouts:
                 raise FileNotFoundError(f"aloha: no *.hdf5 rollout files under {self.rollout_dir} (data.rollout_dir)")
         return demos, rollouts
-
-
-def write_aloha_episode(
-    path: str,
-    qpos: np.ndarray,
-    action: np.ndarray,
-    images: dict[str, np.ndarray],
-    storage: str = "raw",
-    attrs: dict[str, Any] | None = None,
-    jpeg_quality: int = 95,
-    video_gop: int = 10,
-) -> None:
-    """Write one episode in the ACT/ALOHA layout (atomically: temp file, then rename).
-
-    Args:
-        path: the ``.hdf5`` file to write.
-        qpos, action: (T, D) arrays.
-        images: camera -> (T, H, W, 3) uint8 frames.
-        storage: ``raw`` (uint8 frames), ``jpeg`` (zero-padded JPEG rows + /compress_len, attr compress=True, as the
-            ALOHA recorders), ``jpeg_vlen`` (variable-length JPEG bytes) or ``mp4`` (one ``<stem>_<cam>.mp4`` beside
-            the file, referenced by /observations/video_paths/<cam>; H.264, GOP ``video_gop`` for fast random access).
-        attrs: file attributes, e.g. ``{"sim": True, "instruction": "...", "success": True}``.
-    """
-    import tempfile
-
-    import h5py
-
-    from cosmos_lit.images import encode_jpeg
-
-    if storage not in ("raw", "jpeg", "jpeg_vlen", "mp4"):
-        raise ValueError(f"write_aloha_episode: storage must be raw, jpeg, jpeg_vlen or mp4, got '{storage}'")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".episode.", suffix=".hdf5.tmp", dir=folder)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for key, value in (attrs or {}).items():
-                f.attrs[key] = value
-            f.create_dataset("observations/qpos", data=np.asarray(qpos, np.float32))
-            f.create_dataset("action", data=np.asarray(action, np.float32))
-            cams = list(images)
-            if storage == "raw":
-                for cam in cams:
-                    frames = np.asarray(images[cam], np.uint8)
-                    chunks = (1, *frames.shape[1:]) if len(frames) else None  # one frame per chunk: cheap random reads
-                    f.create_dataset(f"observations/images/{cam}", data=frames, chunks=chunks)
-            elif storage == "jpeg_vlen":
-                vlen = h5py.vlen_dtype(np.uint8)
-                for cam in cams:
-                    ds = f.create_dataset(f"observations/images/{cam}", shape=(len(images[cam]),), dtype=vlen)
-                    for i, frame in enumerate(images[cam]):
-                        ds[i] = np.frombuffer(encode_jpeg(frame, jpeg_quality), np.uint8)
-            elif storage == "jpeg":
-                order = [c for c in RECORDER_CAMERA_ORDER if c in cams] + [c for c in cams if c not in RECORDER_CAMERA_ORDER]
-                encoded = {c: [encode_jpeg(fr, jpeg_quality) for fr in images[c]] for c in order}
-                padded = max(len(b) for c in order for b in encoded[c])
-                lens = np.zeros((len(order), len(images[order[0]])), np.int64)
-                for row, cam in enumerate(order):
-                    data = np.zeros((len(encoded[cam]), padded), np.uint8)
-                    for i, b in enumerate(encoded[cam]):
-                        data[i, : len(b)] = np.frombuffer(b, np.uint8)
-                        lens[row, i] = len(b)
-                    f.create_dataset(f"observations/images/{cam}", data=data, chunks=(1, padded))
-                f.create_dataset("compress_len", data=lens)
-                f.attrs["compress"] = True
-            else:
-                stem = os.path.splitext(os.path.basename(path))[0]
-                for cam in cams:
-                    name = f"{stem}_{cam}.mp4"
-                    _write_mp4(os.path.join(folder, name), np.asarray(images[cam], np.uint8), video_gop)
-                    f.create_dataset(f"observations/video_paths/{cam}", data=name)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _write_mp4(path: str, frames: np.ndarray, gop: int, fps: int = 50) -> None:
-    """H.264 yuv420p MP4 (even sides required by the codec), written atomically."""
-    import av
-
-    h, w = frames.shape[1:3]
-    if h % 2 or w % 2:
-        raise ValueError(f"mp4 frames must have even height and width for H.264, got {h}x{w}")
-    tmp = path + ".tmp.mp4"
-    with av.open(tmp, "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"g": str(gop), "crf": "18", "preset": "veryfast"}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    os.replace(tmp, path)

@@ -79,7 +79,7 @@ class AlohaSimDataModule(AlohaDataModule):
         self.demo_expert = demo_expert
 
     def prepare_data(self) -> None:
-        from cosmos_lit.envs.aloha_expert import generate_demos
+        from cosmos_lit.datamodules.aloha_sim_demos import generate_demos
 
         generate_demos(
             self.data_dir, task=self.task, num_episodes=self.num_demos, seed0=self.demo_seed0,

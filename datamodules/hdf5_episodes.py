@@ -1,4 +1,5 @@
-"""Readers shared by the robomimic-style HDF5 benchmarks (LIBERO, RoboCasa) and Cosmos Policy rollout files.
+"""Episode discovery and readers shared by the robomimic-style HDF5 benchmarks (LIBERO, RoboCasa) and Cosmos
+Policy rollout files.
 
 Two layouts, both read lazily through the per-process handle cache of ``cosmos_lit.datamodules.base``:
 
@@ -17,12 +18,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from cosmos_lit.datamodules.base import EpisodeReader, MissingKeyError
+from cosmos_lit.datamodules.base import EpisodeReader, EpisodeRef, MissingKeyError, missing_data_dir
 from cosmos_lit.images import decode_image
 
 DEMO_KEY = re.compile(r"^demo_(\d+)$")
@@ -64,6 +65,60 @@ def demo_keys(f: Any, path: str) -> list[str]:
     if not numbered:
         raise ValueError(f"{path}: group 'data' holds no 'demo_<n>' episodes")
     return [f"data/{name}" for _, name in sorted(numbered)]
+
+
+def find_robomimic_episodes(
+    benchmark: str,
+    data_dir: str | None,
+    rollout_dir: str | None,
+    expected: str,
+    rollout_expected: str,
+    select_demo_files: Callable[[list[str]], list[str]] | None = None,
+    select_rollout_files: Callable[[list[str]], list[str]] | None = None,
+    rollout_selection: str = "",
+) -> tuple[list[EpisodeRef], list[EpisodeRef]]:
+    """(demos, rollouts) of a robomimic benchmark: ``data/demo_<n>`` of every HDF5 file under ``data_dir`` (files
+    under ``rollout_dir`` left out) and one episode per HDF5 file under ``rollout_dir`` (none when it is None).
+
+    Args:
+        benchmark: name used in the error messages (``libero``, ``robocasa``).
+        expected, rollout_expected: what the demo / rollout folder should hold, for the missing-folder errors.
+        select_demo_files, select_rollout_files: keep a subset of the found paths (e.g. LIBERO suites); may raise
+            their own error when the subset is empty.
+        rollout_selection: appended to "no rollout *.hdf5 files" when the selection left none (e.g. " of suites ...").
+    Raises:
+        FileNotFoundError: a missing folder, or one without (selected) HDF5 files; ValueError: a file that is not
+        HDF5 or holds no ``demo_<n>`` group.
+    """
+    import h5py
+
+    if not data_dir or not os.path.isdir(data_dir):
+        raise missing_data_dir(benchmark, data_dir, expected)
+    files = find_hdf5_files(data_dir, exclude=rollout_dir)
+    if not files:
+        raise FileNotFoundError(f"{benchmark}: no *.hdf5 files under {data_dir}; expected {expected}")
+    if select_demo_files is not None:
+        files = select_demo_files(files)
+    demos = []
+    for path in files:
+        try:
+            with h5py.File(path, "r") as f:
+                keys = demo_keys(f, path)
+        except OSError as e:
+            raise ValueError(f"{path}: cannot open as HDF5 ({e})") from None
+        demos += [EpisodeRef(path, key) for key in keys]
+    if rollout_dir is None:
+        return demos, []
+    if not os.path.isdir(rollout_dir):
+        raise missing_data_dir(f"{benchmark} rollouts", rollout_dir, rollout_expected, override="data.rollout_dir")
+    rollout_files = find_hdf5_files(rollout_dir)
+    if select_rollout_files is not None:
+        rollout_files = select_rollout_files(rollout_files)
+    if not rollout_files:
+        raise FileNotFoundError(
+            f"{benchmark}: no rollout *.hdf5 files{rollout_selection} under {rollout_dir} (data.rollout_dir)"
+        )
+    return demos, [EpisodeRef(p, rollout=True) for p in rollout_files]
 
 
 def text(value: Any) -> str:

@@ -1,6 +1,6 @@
 """LIBERO DataModule: original LIBERO HDF5, the Cosmos Policy regenerated variant, and rollout files.
 
-Demonstrations (one ``<TASK>_demo.hdf5`` per task, many episodes each; reference/simulators.md §E)::
+Demonstrations (one ``<TASK>_demo.hdf5`` per task, many episodes each; docs/method.md#demonstration-file-schemas)::
 
     data                  attrs (original only): problem_info (JSON, language_instruction), macros_image_convention
       demo_<n>/actions       (T, 7)   OSC Δpos (3), Δaxis-angle (3), gripper (-1 open .. +1 close)
@@ -45,19 +45,18 @@ from typing import Any
 
 import numpy as np
 
-from cosmos_lit.datamodules.base import EpisodeDataModule, EpisodeRef, missing_data_dir
+from cosmos_lit.datamodules.base import EpisodeDataModule, EpisodeRef
 from cosmos_lit.datamodules.hdf5_episodes import (
     CameraSource,
     Hdf5EpisodeReader,
-    demo_keys,
-    find_hdf5_files,
+    find_robomimic_episodes,
     flag,
     json_attr,
     text,
 )
 from cosmos_lit.registry import ConfigError, register
 
-CAMERAS = ("wrist", "primary")  # latent-slot order of the official layout (reference/method.md §1)
+CAMERAS = ("wrist", "primary")  # latent-slot order of the official layout (docs/method.md#latent-layout)
 DEMO_IMAGE_KEYS = {"wrist": "obs/eye_in_hand_rgb", "primary": "obs/agentview_rgb"}
 ROLLOUT_IMAGE_KEYS = {"wrist": "wrist_images", "primary": "primary_images"}
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
@@ -241,58 +240,41 @@ class LiberoDataModule(EpisodeDataModule):
         }
 
     def find_episodes(self) -> tuple[list[EpisodeRef], list[EpisodeRef]]:
-        import h5py
-
         expected = (
             "LIBERO demonstration files (<TASK>_demo.hdf5 with data/demo_<n>/{actions, robot_states, "
             "obs/agentview_rgb[_jpeg], obs/eye_in_hand_rgb[_jpeg]}), e.g. the success_only folder of HF "
             "nvidia/LIBERO-Cosmos-Policy (set $COSMOS_DATA to the folder holding LIBERO-Cosmos-Policy)"
         )
-        if not self.data_dir or not os.path.isdir(self.data_dir):
-            raise missing_data_dir("libero", self.data_dir, expected)
-        files = find_hdf5_files(self.data_dir, exclude=self.rollout_dir)
-        if not files:
-            raise FileNotFoundError(f"libero: no *.hdf5 files under {self.data_dir}; expected {expected}")
-        if self.suites is not None:
-            picked = []
-            for suite in self.suites:
-                mine = [p for p in files if suite_matches(p, self.data_dir, suite)]
-                if not mine:
-                    folders = sorted({os.path.relpath(os.path.dirname(p), self.data_dir) for p in files})
-                    raise FileNotFoundError(
-                        f"libero: data.suites: no files of suite '{suite}' under {self.data_dir} (expected a folder "
-                        f"named '{suite}' or '{suite}_*'); folders found: {', '.join(folders)}"
-                    )
-                picked += [p for p in mine if p not in picked]
-            files = sorted(picked)
-        demos = []
-        for path in files:
-            try:
-                with h5py.File(path, "r") as f:
-                    keys = demo_keys(f, path)
-            except OSError as e:
-                raise ValueError(f"{path}: cannot open as HDF5 ({e})") from None
-            demos += [EpisodeRef(path, key) for key in keys]
-        return demos, self._find_rollouts()
+        rollout_expected = (
+            "rollout episode files (primary_images[_jpeg], wrist_images[_jpeg], proprio, actions; attrs success, "
+            "task_description), e.g. LIBERO-Cosmos-Policy/all_episodes; data.rollout_dir=null trains without them"
+        )
+        if self.suites is None:
+            return find_robomimic_episodes("libero", self.data_dir, self.rollout_dir, expected, rollout_expected)
+        return find_robomimic_episodes(
+            "libero", self.data_dir, self.rollout_dir, expected, rollout_expected,
+            select_demo_files=self._suite_demo_files, select_rollout_files=self._suite_rollout_files,
+            rollout_selection=f" of suites {self.suites}",
+        )
 
-    def _find_rollouts(self) -> list[EpisodeRef]:
-        if self.rollout_dir is None:
-            return []
-        if not os.path.isdir(self.rollout_dir):
-            raise missing_data_dir(
-                "libero rollouts", self.rollout_dir,
-                "rollout episode files (primary_images[_jpeg], wrist_images[_jpeg], proprio, actions; attrs success, "
-                "task_description), e.g. LIBERO-Cosmos-Policy/all_episodes; data.rollout_dir=null trains without them",
-                override="data.rollout_dir",
-            )
-        files = find_hdf5_files(self.rollout_dir)
-        if self.suites is not None:
-            def suite_of(p: str) -> str | None:
-                m = ROLLOUT_SUITE.search(os.path.basename(p))
-                return m.group(1) if m else None
+    def _suite_demo_files(self, files: list[str]) -> list[str]:
+        """The demo files of ``self.suites`` (by folder name); one error naming the folders for a suite with none."""
+        picked: list[str] = []
+        for suite in self.suites or ():
+            mine = [p for p in files if suite_matches(p, self.data_dir, suite)]
+            if not mine:
+                folders = sorted({os.path.relpath(os.path.dirname(p), self.data_dir) for p in files})
+                raise FileNotFoundError(
+                    f"libero: data.suites: no files of suite '{suite}' under {self.data_dir} (expected a folder "
+                    f"named '{suite}' or '{suite}_*'); folders found: {', '.join(folders)}"
+                )
+            picked += [p for p in mine if p not in picked]
+        return sorted(picked)
 
-            files = [p for p in files if suite_of(p) in self.suites]
-        if not files:
-            which = f" of suites {self.suites}" if self.suites is not None else ""
-            raise FileNotFoundError(f"libero: no rollout *.hdf5 files{which} under {self.rollout_dir} (data.rollout_dir)")
-        return [EpisodeRef(p, rollout=True) for p in files]
+    def _suite_rollout_files(self, files: list[str]) -> list[str]:
+        """The rollout files whose name carries ``suite=<one of self.suites>``."""
+        def suite_of(p: str) -> str | None:
+            m = ROLLOUT_SUITE.search(os.path.basename(p))
+            return m.group(1) if m else None
+
+        return [p for p in files if suite_of(p) in (self.suites or ())]

@@ -1,6 +1,6 @@
 """RoboCasa DataModule: robomimic-format HDF5 demonstrations (human v0.1 and Cosmos regenerated) and rollouts.
 
-Demonstrations (many ``data/demo_<n>`` per file; reference/simulators.md §D "RoboCasa demo HDF5", §E)::
+Demonstrations (many ``data/demo_<n>`` per file; docs/method.md#demonstration-file-schemas)::
 
     demo_<n>/actions (T, 12)   PandaOmron: arm Δpos 3, Δrot 3, gripper 1, base/torso 4, base mode 1; the first
                                ``arm_action_dims`` (7) are the model's action
@@ -21,19 +21,17 @@ Rollouts (``rollout_dir``, e.g. ``RoboCasa-Cosmos-Policy/all_episodes``; one epi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from typing import Any
 
 import numpy as np
 
-from cosmos_lit.datamodules.base import EpisodeDataModule, EpisodeRef, missing_data_dir
+from cosmos_lit.datamodules.base import EpisodeDataModule, EpisodeRef
 from cosmos_lit.datamodules.hdf5_episodes import (
     CameraSource,
     Hdf5EpisodeReader,
-    demo_keys,
-    find_hdf5_files,
+    find_robomimic_episodes,
     flag,
     json_attr,
     text,
@@ -154,37 +152,13 @@ class RoboCasaDataModule(EpisodeDataModule):
         return {"arm_action_dims": self.arm_action_dims}
 
     def find_episodes(self) -> tuple[list[EpisodeRef], list[EpisodeRef]]:
-        import h5py
-
         expected = (
             "RoboCasa robomimic HDF5 files (data/demo_<n>/{actions (T,12), robot_states or obs/robot0_eef_*, "
             "obs/robot0_{eye_in_hand,agentview_left,agentview_right}_{rgb[_jpeg]|image}}), e.g. the success_only "
             "folder of HF nvidia/RoboCasa-Cosmos-Policy (set $COSMOS_DATA to the folder holding RoboCasa-Cosmos-Policy)"
         )
-        if not self.data_dir or not os.path.isdir(self.data_dir):
-            raise missing_data_dir("robocasa", self.data_dir, expected)
-        files = find_hdf5_files(self.data_dir, exclude=self.rollout_dir)
-        if not files:
-            raise FileNotFoundError(f"robocasa: no *.hdf5 files under {self.data_dir}; expected {expected}")
-        demos = []
-        for path in files:
-            try:
-                with h5py.File(path, "r") as f:
-                    keys = demo_keys(f, path)
-            except OSError as e:
-                raise ValueError(f"{path}: cannot open as HDF5 ({e})") from None
-            demos += [EpisodeRef(path, key) for key in keys]
-        rollouts: list[EpisodeRef] = []
-        if self.rollout_dir is not None:
-            if not os.path.isdir(self.rollout_dir):
-                raise missing_data_dir(
-                    "robocasa rollouts", self.rollout_dir,
-                    "rollout episode files ({wrist,primary,secondary}_images[_jpeg], proprio, actions; attrs success, "
-                    "task_description), e.g. RoboCasa-Cosmos-Policy/all_episodes; data.rollout_dir=null trains "
-                    "without them",
-                    override="data.rollout_dir",
-                )
-            rollouts = [EpisodeRef(p, rollout=True) for p in find_hdf5_files(self.rollout_dir)]
-            if not rollouts:
-                raise FileNotFoundError(f"robocasa: no rollout *.hdf5 files under {self.rollout_dir} (data.rollout_dir)")
-        return demos, rollouts
+        rollout_expected = (
+            "rollout episode files ({wrist,primary,secondary}_images[_jpeg], proprio, actions; attrs success, "
+            "task_description), e.g. RoboCasa-Cosmos-Policy/all_episodes; data.rollout_dir=null trains without them"
+        )
+        return find_robomimic_episodes("robocasa", self.data_dir, self.rollout_dir, expected, rollout_expected)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from cosmos_lit.envs.aloha_expert import generate_demos
+from cosmos_lit.datamodules.aloha_sim_demos import generate_demos
 
 
 def main() -> None:

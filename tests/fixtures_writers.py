@@ -9,8 +9,8 @@ The benchmarks' own writers do not install here (LIBERO and RoboCasa need their 
   agentview_rgb, eye_in_hand_rgb}; actions, states, robot_states, rewards, dones), frames upside down;
 - LIBERO / RoboCasa Cosmos regenerated and rollout files: ``regenerate_{libero,robocasa}_dataset.py`` of
   NVlabs/cosmos-policy (upright frames, ``*_jpeg`` as variable-length uint8 JPEG q95);
-- RoboCasa human v0.1: the robomimic layout of reference/simulators.md §D (``*_image`` frames upside down,
-  12-D actions, ep_meta JSON with ``lang``);
+- RoboCasa human v0.1: the robomimic layout of docs/method.md#demonstration-file-schemas (``*_image`` frames
+  upside down, 12-D actions, ep_meta JSON with ``lang``);
 - LeRobotDataset v3.0 and v2.1: ``src/lerobot/datasets/{utils,dataset_metadata,dataset_writer}.py`` of
   huggingface/lerobot (info.json, stats.json, tasks, episodes metadata, data parquet, mp4 per camera).
 
@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import h5py
 import numpy as np
 
 from cosmos_lit.images import encode_jpeg
+from cosmos_lit.io import atomic_path
 
 TOP, BOTTOM = 220, 30
 
@@ -66,26 +67,11 @@ def make_vectors(length: int, dim: int, seed: int, scale: float = 1.0) -> np.nda
     return np.cumsum(rng.normal(0.0, 0.1 * scale, size=(length, dim)), axis=0)
 
 
-def _atomic_h5(path: str):  # noqa: ANN202 - context manager of an h5py.File at a temp path
-    """An h5py.File written to a temp file beside ``path`` and renamed on success."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-
-    class _Writer:
-        def __enter__(self) -> h5py.File:
-            fd, self.tmp = tempfile.mkstemp(prefix=".fixture.", suffix=".hdf5.tmp", dir=folder)
-            os.close(fd)
-            self.f = h5py.File(self.tmp, "w")
-            return self.f
-
-        def __exit__(self, exc_type: Any, *rest: Any) -> None:
-            self.f.close()
-            if exc_type is None:
-                os.replace(self.tmp, path)
-            else:
-                os.unlink(self.tmp)
-
-    return _Writer()
+@contextmanager
+def _atomic_h5(path: str) -> Iterator[h5py.File]:
+    """An h5py.File written to a temp file beside ``path`` and renamed over it when the block finishes."""
+    with atomic_path(path, keep_suffix=False) as tmp, h5py.File(tmp, "w") as f:
+        yield f
 
 
 def _images(group: h5py.Group, key: str, images: np.ndarray, jpeg: bool) -> None:

@@ -13,7 +13,8 @@ pytest.importorskip("gym_aloha")
 pytest.importorskip("dm_control")
 
 from cosmos_lit.envs.aloha import AlohaSimEnv, sample_object_poses  # noqa: E402
-from cosmos_lit.envs.aloha_expert import generate_demos, replay, run_expert  # noqa: E402
+from cosmos_lit.datamodules.aloha_sim_demos import generate_demos  # noqa: E402
+from cosmos_lit.envs.aloha_expert import replay, run_expert  # noqa: E402
 
 pytestmark = pytest.mark.sim
 SIZE = 64

@@ -1,4 +1,4 @@
-"""ALOHA DataModule on small episode files written in the real schemas (reference/simulators.md §E).
+"""ALOHA DataModule on small episode files written in the real schemas (docs/method.md#demonstration-file-schemas).
 
 Frames encode (camera, step) in their colour so the tests can check which frame landed in which slot:
 camera k has channel k bright, and the brightness of every channel grows with the step t.
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from cosmos_lit.datamodules.aloha import REAL_CAMERAS, AlohaDataModule, write_aloha_episode
+from cosmos_lit.datamodules.act_format import write_aloha_episode
+from cosmos_lit.datamodules.aloha import REAL_CAMERAS, AlohaDataModule
 from cosmos_lit.datamodules.base import STATISTICS_FILE, sample_type_fractions
 from cosmos_lit.layout import POLICY, VALUE, WORLD_MODEL
 from cosmos_lit.normalization import load_statistics, save_statistics, unnormalize
@@ -90,6 +91,32 @@ def test_batch_contract_and_frame_order(tmp_path, storage):
             expected = np.full(3, 20 + 6 * step, float)
             expected[cam] = 200
             np.testing.assert_allclose(colours[slot], expected, atol=tol)
+
+
+def test_writer_extras_and_compress_len_rows_of_cameras_outside_the_recorder_order(tmp_path):
+    qpos, action = vectors(6)
+    images = {"top": coded_frames(6, 0), "angle": coded_frames(6, 1)}  # neither is a recorder camera
+    executed = action + 0.5
+    jpeg, raw = tmp_path / "jpeg" / "episode_0.hdf5", tmp_path / "raw" / "episode_0.hdf5"
+    write_aloha_episode(jpeg, qpos, action, images, "jpeg", {"sim": True}, qvel=qpos * 2,
+                        extra={"executed_action": executed})
+    write_aloha_episode(raw, qpos, action, images, compression="gzip")
+    with h5py.File(jpeg, "r") as f:
+        np.testing.assert_allclose(f["observations/qvel"][()], qpos * 2, rtol=1e-6)
+        np.testing.assert_array_equal(f["executed_action"][()], executed)
+        assert f["observations/qvel"].dtype == np.float32
+        lens = f["compress_len"][()]
+    with h5py.File(raw, "r") as f:
+        assert f["observations/images/top"].compression == "gzip"
+        np.testing.assert_array_equal(f["observations/images/angle"][()], images["angle"])
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "jpeg", "jpeg/episode_0.hdf5", "raw", "raw/episode_0.hdf5"
+    ]
+    dm = make_dm(jpeg.parent, cameras=["top", "angle"])
+    dm.setup()
+    reader = dm.train_dataset().reader(0)
+    for row, cam in enumerate(["angle", "top"]):  # reader and writer agree: the others sorted by name
+        assert [len(fr) for fr in reader.frames(cam, [0, 5])] == [lens[row, 0], lens[row, 5]]
 
 
 def test_jpeg_compress_len_schema_and_trimming(tmp_path):

@@ -16,32 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 
+from cosmos_lit.io import atomic_path
 from cosmos_lit.weights.state_io import UntrustedPickleError, untrusted_message
 
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 _TENSOR_KEY = "embeddings"
 _INDEX_KEY = "instructions"
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temp file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _check_entry(path: Path, key: object, value: object) -> None:
@@ -92,7 +78,7 @@ def save_t5_cache(cache: Mapping[str, torch.Tensor], path: str | Path) -> Path:
         _check_entry(path, key, value)
         entries[key] = value.detach().cpu().reshape(1, *value.shape[-2:]).contiguous()
     if path.suffix in PICKLE_SUFFIXES:
-        def write(tmp: str) -> None:
+        def write(tmp: Path) -> None:
             with open(tmp, "wb") as fh:
                 pickle.dump(entries, fh)
     elif path.suffix == ".safetensors":
@@ -104,11 +90,12 @@ def save_t5_cache(cache: Mapping[str, torch.Tensor], path: str | Path) -> Path:
         names = list(entries)
         stacked = torch.stack([entries[n] for n in names]) if names else torch.zeros(0, 1, 0, 0)
 
-        def write(tmp: str) -> None:
-            save_file({_TENSOR_KEY: stacked}, tmp, metadata={_INDEX_KEY: json.dumps(names)})
+        def write(tmp: Path) -> None:
+            save_file({_TENSOR_KEY: stacked}, str(tmp), metadata={_INDEX_KEY: json.dumps(names)})
     else:
         raise ValueError(f"{path}: unknown T5 cache format (expected .safetensors or .pkl)")
-    _atomic_write(path, write)
+    with atomic_path(path, keep_suffix=False) as tmp:  # neither writer needs the extension
+        write(tmp)
     return path
 
 
