@@ -36,20 +36,21 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_query(task, images, proprio, steps: int, device: str, dtype: torch.dtype | None, reps: int) -> float:
+def time_query(model, images, proprio, steps: int, device: str, dtype: torch.dtype | None, reps: int) -> float:
+    """Seconds per direct-policy query of a ``CosmosPolicyModel``."""
     ctx = torch.autocast(device_type=device.split(":")[0], dtype=dtype) if dtype else torch.autocast("cpu", enabled=False)
     with torch.no_grad(), ctx:
-        task.predict_from_observation(images, proprio, ["pick the object"] * images.shape[0], num_steps=steps, seed=0)
+        model.predict(images, proprio, ["pick the object"] * images.shape[0], num_steps=steps, seed=0)
         sync(device)
         t0 = time.perf_counter()
         for r in range(reps):
-            task.predict_from_observation(images, proprio, ["pick the object"] * images.shape[0], num_steps=steps, seed=r)
+            model.predict(images, proprio, ["pick the object"] * images.shape[0], num_steps=steps, seed=r)
         sync(device)
     return (time.perf_counter() - t0) / reps
 
 
 def time_train_step(task, batch_size: int, cameras: int, device: str, reps: int) -> tuple[float, float]:
-    s = task.spec
+    s = task.model.spec
     b = {
         "images": torch.rand(batch_size, 2 * cameras, 3, 224, 224, device=device) * 2 - 1,
         "proprio": torch.rand(batch_size, s.proprio_dim, device=device) * 2 - 1,
@@ -98,23 +99,24 @@ def main() -> None:
     bb, ie = ("cosmos_predict2_tiny", "wan2.1_tiny") if args.tiny else ("cosmos_predict2_2b", "wan2.1")
     torch.manual_seed(0)
     task = make_task(args.cameras, dev, ie, bb).eval()
+    model = task.model
     if ie == "wan2.1_tiny":
-        task.image_encoder.calibrate(torch.rand(2, task.layout.num_frames - 1, 3, 224, 224, device=dev) * 2 - 1)
+        model.image_encoder.calibrate(torch.rand(2, model.layout.num_frames - 1, 3, 224, 224, device=dev) * 2 - 1)
     n = args.cameras
     images = torch.rand(args.batch, n, 3, 224, 224, device=dev) * 2 - 1
-    proprio = torch.rand(args.batch, task.spec.proprio_dim, device=dev) * 2 - 1
+    proprio = torch.rand(args.batch, model.spec.proprio_dim, device=dev) * 2 - 1
     name = torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu"
-    print(f"device: {name}; {bb} + {ie}; {task.layout.num_frames} latent frames; batch {args.batch}")
-    print(f"| steps | fp32 eager s/chunk | bf16 autocast s/chunk | bf16 weights s/chunk | speed-up bf16 weights vs fp32 |")
+    print(f"device: {name}; {bb} + {ie}; {model.layout.num_frames} latent frames; batch {args.batch}")
+    print("| steps | fp32 eager s/chunk | bf16 autocast s/chunk | bf16 weights s/chunk | speed-up bf16 weights vs fp32 |")
     print("|---|---|---|---|---|")
     for steps in args.steps:
-        fp32 = time_query(task, images, proprio, steps, dev, None, args.reps)
-        amp = time_query(task, images, proprio, steps, dev, torch.bfloat16, args.reps) if dev.startswith("cuda") else float("nan")
+        fp32 = time_query(model, images, proprio, steps, dev, None, args.reps)
+        amp = time_query(model, images, proprio, steps, dev, torch.bfloat16, args.reps) if dev.startswith("cuda") else float("nan")
         bf = float("nan")
         if dev.startswith("cuda"):
-            task.backbone.to(torch.bfloat16)
-            bf = time_query(task, images, proprio, steps, dev, None, args.reps)
-            task.backbone.to(torch.float32)
+            model.backbone.to(torch.bfloat16)
+            bf = time_query(model, images, proprio, steps, dev, None, args.reps)
+            model.backbone.to(torch.float32)
         print(f"| {steps} | {fp32:.3f} | {amp:.3f} | {bf:.3f} | {fp32 / bf:.2f}x |")
     if args.train_batch > 0:
         step_s, peak = time_train_step(task, args.train_batch, n, dev, max(2, args.reps // 2))

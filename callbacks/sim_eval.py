@@ -5,6 +5,14 @@ and run for a fixed seed list in simulator worker processes. Episodes are sharde
 seeds[r::world]); success rate and rewards are reduced with torchmetrics, so every rank logs the same numbers and
 ``ModelCheckpoint(monitor="sim/success_rate")`` works. Per-episode JSON and a few mp4 videos land in
 ``<run_dir>/eval/step_<N>/``. A crashed env is reported (``sim/errors``) and training goes on.
+
+Logged metrics (over the finished episodes of all ranks):
+
+- ``sim/success_rate``: fraction of episodes the env reports as successful.
+- ``sim/mean_return``: mean per-episode *return*, the sum of the env's rewards over the episode (gym-aloha's
+  per-step reward 0-4 summed over up to 400 steps, so it reads far larger than the maximum reward).
+- ``sim/mean_max_reward``: mean over episodes of the highest single-step reward reached (gym-aloha: 4 = success).
+- ``sim/errors``, ``sim/episodes``, ``sim/eval_seconds``: crashed envs, finished episodes, wall time.
 """
 
 from __future__ import annotations
@@ -37,9 +45,10 @@ class SimEvalCallback(L.Callback):
         max_steps: episode horizon (default: the env's).
         num_videos: episodes recorded as mp4 per evaluation.
         time_budget_s: wall-clock budget per evaluation.
-        image_pipeline: test-time image options of ``cosmos_lit.images.ImagePipeline`` or ``{benchmark: ...}``.
+        image_pipeline: test-time image options of ``cosmos_lit.images.ImagePipeline`` (what the env has not done).
         python_executable: interpreter for env workers (LIBERO lives in its own environment).
         at_start: also evaluate before the first optimizer step.
+        planner: planner config node of the test-time planner (the run's ``planner`` config; default: direct policy).
     """
 
     def __init__(
@@ -59,6 +68,7 @@ class SimEvalCallback(L.Callback):
         image_pipeline: dict[str, Any] | None = None,
         python_executable: str | None = None,
         at_start: bool = False,
+        planner: dict[str, Any] | None = None,
     ):
         super().__init__()
         if not isinstance(env, dict) or "name" not in env:
@@ -76,10 +86,11 @@ class SimEvalCallback(L.Callback):
         self.image_pipeline = image_pipeline
         self.python_executable = python_executable
         self.at_start = at_start
+        self.planner_cfg = dict(planner) if planner else None
         self._pool: Any = None
         self._last_step = -1
         self.success = torchmetrics.MeanMetric()
-        self.reward = torchmetrics.MeanMetric()
+        self.reward = torchmetrics.MeanMetric()  # of each episode's total reward: logged as sim/mean_return
         self.max_reward = torchmetrics.MeanMetric()
         self.errors = torchmetrics.SumMetric()
         self.history: list[dict[str, float]] = []
@@ -118,9 +129,18 @@ class SimEvalCallback(L.Callback):
     def _run_dir(self, trainer: L.Trainer) -> Path:
         return Path(trainer.default_root_dir)
 
+    @staticmethod
+    def _model(pl_module: L.LightningModule) -> Any:
+        """The inference model of the module being trained (``CosmosPolicyTask.inference_model``)."""
+        from cosmos_lit.components import TrainsPolicy
+
+        if not isinstance(pl_module, TrainsPolicy):
+            raise ConfigError(f"eval: {type(pl_module).__name__} has no inference_model to evaluate in simulation")
+        return pl_module.inference_model
+
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, log: bool = True) -> dict[str, float]:
         from cosmos_lit.envs.worker import EnvPool
-        from cosmos_lit.evaluation import run_episodes, save_results
+        from cosmos_lit.eval.rollouts import run_episodes, save_results
         from cosmos_lit.policy import CosmosPolicy
 
         step = trainer.global_step
@@ -138,8 +158,8 @@ class SimEvalCallback(L.Callback):
             for slot in range(self._pool.num_workers):  # a worker that crashed last time gets a fresh process
                 if not self._pool.alive(slot):
                     self._pool.restart(slot)
-            policy = CosmosPolicy(pl_module, num_steps=self.num_steps, execute_steps=self.execute_steps,
-                                  image_pipeline=self.image_pipeline, seed=0)
+            policy = CosmosPolicy(self._model(pl_module), planner=self.planner_cfg, num_steps=self.num_steps,
+                                  execute_steps=self.execute_steps, image_pipeline=self.image_pipeline, seed=0)
             with torch.no_grad():
                 results = run_episodes(policy, self.env_cfg, my_seeds, max_steps=self.max_steps,
                                        num_videos=self.num_videos if rank == 0 else 0, video_dir=out_dir / "videos",
@@ -159,7 +179,8 @@ class SimEvalCallback(L.Callback):
             self.errors.update(torch.tensor(float(r.error not in (None, "time budget")), device=dev))
         metrics = {
             "sim/success_rate": float(self.success.compute()) if self.success.update_count else float("nan"),
-            "sim/mean_reward": float(self.reward.compute()) if self.reward.update_count else float("nan"),
+            # the mean per-episode total reward (a return, summed over the steps): not on sim/mean_max_reward's scale
+            "sim/mean_return": float(self.reward.compute()) if self.reward.update_count else float("nan"),
             "sim/mean_max_reward": float(self.max_reward.compute()) if self.max_reward.update_count else float("nan"),
             "sim/errors": float(self.errors.compute()),
             "sim/episodes": float(sum(r.error is None for r in results) * world),

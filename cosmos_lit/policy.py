@@ -1,5 +1,7 @@
 """The policy object: observation dicts in, un-normalized action chunks out.
 
+It wraps a ``CosmosPolicyModel`` (``cosmos_lit.model``) and a planner; it never sees the training task::
+
     policy = CosmosPolicy.from_checkpoint("runs/.../last.ckpt")
     out = policy([obs_env0, obs_env1])        # obs: {"images": {camera: (H, W, 3) uint8}, "proprio": (P,), "instruction": str}
     out["actions"]                            # (B, K, A) float32 numpy, env units
@@ -17,81 +19,63 @@ from typing import Any
 import numpy as np
 import torch
 
-from cosmos_lit.normalization import normalize, unnormalize
+from cosmos_lit.checkpoint import load_model
+from cosmos_lit.components import Planner
+from cosmos_lit.model import CosmosPolicyModel
 from cosmos_lit.registry import ConfigError, build
 
 
-def load_task(path: str | Path, map_location: str | torch.device = "cpu", strip_pretrained: bool = True) -> Any:
-    """Rebuild a task module from a Lightning checkpoint alone (its hyper-parameters carry every config node)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    ckpt = torch.load(p, map_location=map_location, weights_only=False)
-    hp = dict(ckpt.get("hyper_parameters") or {})
-    if "model" not in hp or "spec" not in hp:
-        raise ConfigError(f"{p}: not a cosmos_lit task checkpoint (no model/spec hyper-parameters)")
-    if strip_pretrained:  # weights come from the checkpoint; don't read the original files again
-        hp["model"] = {k: ({kk: vv for kk, vv in v.items() if kk != "pretrained"} if isinstance(v, dict) else v)
-                       for k, v in dict(hp["model"]).items()}
-    task_name = (ckpt.get("cosmos_lit") or {}).get("task", "cosmos_policy")
-    task = build({"name": task_name, **hp}, "task", path="task")
-    missing, unexpected = task.load_state_dict(ckpt["state_dict"], strict=False)
-    if unexpected or [k for k in missing if not k.startswith("text_encoder.")]:
-        raise ConfigError(f"{p}: state dict does not match the rebuilt model (missing {missing[:10]}, unexpected {unexpected[:10]})")
-    return task.to(map_location).eval()
-
-
 class CosmosPolicy:
-    """Wraps a trained task (and planner) as an observation -> action-chunk function.
+    """A ``CosmosPolicyModel`` and a planner as an observation -> action-chunk function.
 
     Args:
-        task: a ``CosmosPolicyTask`` (or compatible) in eval mode.
-        planner: planner module; defaults to the task's configured planner.
-        num_steps: denoising steps (None: the task's sampling config).
+        model: the model (eval mode is set here).
+        planner: a ``Planner`` (``cosmos_lit.components``) or a planner config node; default: the direct policy.
+        num_steps: denoising steps of the policy sample, passed to the planner with every query (None: the
+            model's ``sampling.num_steps``, or the planner's own default for its action stage).
         execute_steps: actions executed open loop per query (None: the whole chunk).
         image_pipeline: test-time image options of ``cosmos_lit.images.ImagePipeline`` (``flip``, ``jpeg_quality``,
-            ``center_crop``) or ``{benchmark: libero|robocasa|aloha}`` for the official preset; default plain resize.
+            ``center_crop``): what is left to do after the env (a benchmark's: ``image_pipeline`` of
+            ``configs/eval/<benchmark>.yaml``, ``cosmos_lit.eval.load_protocol(benchmark).image_pipeline``); default
+            plain resize.
         seed: base seed of the sampling noise; query i uses seed + i (deterministic evaluation).
         clip_actions: clamp normalized actions to [-1, 1] (the demonstrations' range) before un-normalizing; the
             official code does not, but an undertrained model otherwise sends joint targets far outside it.
     """
 
-    def __init__(self, task: Any, planner: Any = None, num_steps: int | None = None, execute_steps: int | None = None,
+    def __init__(self, model: CosmosPolicyModel, planner: Planner | dict[str, Any] | None = None,
+                 num_steps: int | None = None, execute_steps: int | None = None,
                  image_pipeline: dict[str, Any] | None = None, seed: int = 0, clip_actions: bool = True):
-        self.task = task.eval()
-        self.planner = planner if planner is not None else task.planner
-        if num_steps is not None and hasattr(self.planner, "num_steps"):
-            self.planner.num_steps = num_steps
-        self.spec = task.spec
+        self.model = model.eval()
+        if planner is None or isinstance(planner, dict):
+            planner = build(planner or {"name": "none"}, "planner", path="planner")
+        self.planner: Planner = planner
+        self.num_steps = None if num_steps is None else int(num_steps)
+        if self.num_steps is not None and self.num_steps < 1:
+            raise ConfigError(f"num_steps: expected an integer >= 1 or null, got {num_steps}")
+        self.spec = model.spec
         self.execute_steps = execute_steps or self.spec.chunk_size
         if not 1 <= self.execute_steps <= self.spec.chunk_size:
             raise ConfigError(f"execute_steps: expected 1..{self.spec.chunk_size}, got {self.execute_steps}")
-        from cosmos_lit.images import ImagePipeline, eval_pipeline
+        from cosmos_lit.images import ImagePipeline
+        from cosmos_lit.registry import bind_kwargs
 
-        opts = dict(image_pipeline or {})
-        if "benchmark" in opts:
-            self.pipeline = eval_pipeline(opts.pop("benchmark"), self.spec.image_size)
-        else:
-            self.pipeline = ImagePipeline(image_size=self.spec.image_size, **opts)
+        opts = bind_kwargs(ImagePipeline, dict(image_pipeline or {}), "image_pipeline")
+        self.pipeline = ImagePipeline(image_size=self.spec.image_size, **opts)
         self.seed = seed
         self.clip_actions = clip_actions
         self.queries = 0
-        self.statistics = {k: list(v) for k, v in task.statistics.items()}
-        if "actions_min" not in self.statistics or "proprio_min" not in self.statistics:
-            raise ConfigError("checkpoint statistics: expected actions_min/max and proprio_min/max")
-        for k in ("actions_min", "actions_max"):  # the model's action may be a prefix (RoboCasa: 7 of 12)
-            self.statistics[k] = self.statistics[k][: self.spec.action_dim]
+        model.statistics_of("actions"), model.statistics_of("proprio")  # fail now, not at the first query
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu", planner: dict[str, Any] | None = None,
-                        **kwargs: Any) -> "CosmosPolicy":
-        task = load_task(path, map_location=map_location)
-        plan = build(planner, "planner", path="planner") if planner else None
-        return cls(task, planner=plan, **kwargs)
+    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu", planner: Planner | dict[str, Any] | None = None,
+                        trust_pickle: bool = False, **kwargs: Any) -> "CosmosPolicy":
+        """Load the model of a cosmos_lit checkpoint (``cosmos_lit.checkpoint.load_model``) and wrap it."""
+        return cls(load_model(path, map_location=map_location, trust_pickle=trust_pickle), planner=planner, **kwargs)
 
     @property
     def device(self) -> torch.device:
-        return self.task.device
+        return self.model.device
 
     def _images(self, obs: dict[str, Any]) -> torch.Tensor:
         imgs = obs["images"]
@@ -106,12 +90,13 @@ class CosmosPolicy:
         proprio = np.stack([np.asarray(o["proprio"], np.float32) for o in observations])
         if proprio.shape[1] != self.spec.proprio_dim:
             raise ValueError(f"observation proprio has {proprio.shape[1]} dims, the policy expects {self.spec.proprio_dim}")
-        proprio_t = torch.from_numpy(normalize(proprio, self.statistics, "proprio").astype(np.float32)).to(self.device)
+        proprio_t = torch.from_numpy(self.model.normalize_proprio(proprio).astype(np.float32)).to(self.device)
         instructions = [str(o.get("instruction", "")) for o in observations]
-        out = self.planner.plan(self.task, images, proprio_t, instructions, seed=self.seed + self.queries)
+        out = self.planner.plan(self.model, images, proprio_t, instructions, seed=self.seed + self.queries,
+                                num_steps=self.num_steps)
         self.queries += 1
         actions = out["actions"].float().clamp(-1, 1) if self.clip_actions else out["actions"].float()
-        actions = unnormalize(actions.cpu().numpy(), self.statistics, "actions")
+        actions = self.model.unnormalize(actions.cpu().numpy(), "actions")
         result: dict[str, Any] = {"actions": actions.astype(np.float32), "latents": out["latents"]}
         if "value" in out:
             result["value"] = out["value"].float().cpu().numpy()
@@ -120,18 +105,6 @@ class CosmosPolicy:
     def reset(self) -> None:
         self.queries = 0
 
-    @torch.no_grad()
     def imagine(self, latents: torch.Tensor) -> np.ndarray:
-        """Decode the predicted future camera images of a query: (B, N, H, W, 3) uint8."""
-        lay = self.task.layout
-        enc = self.task.image_encoder
-        # undo latent injection: vector frames go back to the latents of their black placeholder images
-        size = self.spec.image_size
-        black = latents.new_full((latents.shape[0], lay.num_frames - 1, 3, size, size), -1.0)
-        placeholders = enc.encode(black)
-        z = latents.clone()
-        for f in lay.vector_frames:
-            z[:, :, f] = placeholders[:, :, f]
-        frames = enc.decode(z)
-        fut = torch.stack([frames[:, lay.future_camera(i)] for i in range(lay.num_cameras)], dim=1)
-        return ((fut.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 1, 3, 4, 2).cpu().numpy()
+        """Decode the predicted future camera images of a query's ``latents``: (B, N, S, S, 3) uint8."""
+        return self.model.decode_future_images(latents).cpu().numpy()

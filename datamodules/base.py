@@ -75,7 +75,7 @@ P_WORLD_MODEL = 0.5  # hard-coded in the official LIBERO/ALOHA datasets
 
 
 def value_targets(length: int, reward: float, gamma: float) -> np.ndarray:
-    """Monte-Carlo value of a sparse terminal reward, rescaled to [-1, 1] (reference/method.md §4).
+    """Monte-Carlo value of a sparse terminal reward, rescaled to [-1, 1] (docs/method.md#value-targets).
 
     G_i = γ^(T−1−i)·R;  v_i = 2·G_i/R − 1 if R > 0 else 2·G_i − 1 (so every R > 0 gives the success targets and a
     failure gives −1 everywhere). A sample at t uses ``v[min(t+K, T−1)]``.
@@ -763,6 +763,18 @@ class EpisodeDataModule(L.LightningDataModule):
             ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
             pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
         )
+
+    def test_dataloader(self) -> DataLoader | list:
+        """The held-out demonstration episodes (the validation split): what ``python -m cosmos_lit test`` scores."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """The held-out demonstration episodes, for ``python -m cosmos_lit predict``."""
+        loader = self.val_dataloader()
+        if not loader:
+            raise ValueError(f"{type(self).__name__}: no held-out episodes to predict on (data.val_fraction is "
+                             f"{self.val_fraction}; set it above 0)")
+        return loader
 
     # --- checkpoint ---
     def state_dict(self) -> dict[str, Any]:

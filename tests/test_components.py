@@ -128,8 +128,8 @@ def _batch():
 
 
 def test_value_head_none_removes_the_value_frame():
-    assert _task().layout.num_frames == 7
-    assert _task(value_head={"name": "none"}).layout.num_frames == 6
+    assert _task().model.layout.num_frames == 7
+    assert _task(value_head={"name": "none"}).model.layout.num_frames == 6
 
 
 def test_text_dim_mismatch_is_a_config_error():
@@ -147,7 +147,7 @@ def test_chunk_that_does_not_fit_is_a_config_error():
 def test_best_of_n_planner_picks_among_candidates():
     task = _task().eval()
     planner = build({"name": "best_of_n", "num_candidates": 3, "num_futures": 2, "num_values": 2, "action_steps": 2},
-                    "planner").attach(task)
+                    "planner").attach(task.model)
     batch = {"images": torch.rand(2, 2, 3, 32, 32) * 2 - 1, "proprio": torch.zeros(2, 4), "instruction": ["a", "b"]}
     out = planner.predict_step(batch)
     assert out["actions"].shape == (2, 8, 3) and out["plan_scores"].shape == (2, 3)
@@ -163,15 +163,15 @@ def test_latent_cache_matches_per_image_encoding_and_reuses_entries():
     b = 3
     batch = {"images": torch.rand(b, 4, 3, 32, 32) * 2 - 1, "episode": torch.tensor([0, 0, 1]),
              "t": torch.tensor([0, 5, 0]), "future_t": torch.tensor([8, 13, 8])}
-    cached = task._cached_latents(batch)
-    direct = task.image_encoder.encode(task.slot_images(batch["images"][:, :2], batch["images"][:, 2:]))
+    cached = task.latent_cache.latents(batch)
+    direct = task.model.image_encoder.encode(task.model.slot_images(batch["images"][:, :2], batch["images"][:, 2:]))
     assert torch.allclose(cached, direct, atol=1e-5)
-    assert len(task._latent_cache) == 12
+    assert len(task.latent_cache) == 12
     batch["images"] = torch.zeros_like(batch["images"])  # cached entries win: same keys, no re-encoding
-    assert torch.equal(task._cached_latents(batch), cached)
+    assert torch.equal(task.latent_cache.latents(batch), cached)
     batch["augmented"] = torch.tensor([True, False, False])
     with pytest.raises(ConfigError, match="unaugmented"):
-        task._cached_latents(batch)
+        task.latent_cache.latents(batch)
     with pytest.raises(ConfigError, match="per_image"):
         build({"name": "cosmos_policy", "cache_latents": True}, "task", spec=spec.to_dict(),
               model={"backbone": {"name": "cosmos_predict2_tiny"}, "image_encoder": {"name": "wan2.1_tiny"}})
@@ -220,14 +220,15 @@ def test_dct_encoder_swaps_in_and_trains():
              "instruction": ["a", "b"]}
     loss, _ = task._loss(batch)
     loss.backward()
-    assert torch.isfinite(loss) and all(p.grad is not None for p in task.backbone.parameters() if p.requires_grad)
+    assert torch.isfinite(loss) and all(p.grad is not None for p in task.model.backbone.parameters() if p.requires_grad)
 
 
 def test_channel_time_vector_encoder_swaps_in_and_trains():
     task = _task(vector_encoder={"name": "channel_time"})
     batch = _batch()
     x0 = task.encode_batch(batch)
-    assert torch.allclose(task.read_outputs(x0)["actions"], batch["actions"], atol=1e-5)  # 32 knots >= 8 steps: exact
+    # 32 knots >= 8 steps: exact
+    assert torch.allclose(task.model.read_outputs(x0)["actions"], batch["actions"], atol=1e-5)
     loss, _ = task._loss(batch)
     loss.backward()
     assert torch.isfinite(loss)
@@ -239,7 +240,7 @@ def test_future_image_loss_weight_scales_only_the_future_camera_frames():
 
     def loss(weight):
         task = build({"name": "cosmos_policy", "future_image_loss_weight": weight}, "task", model=base.hparams.model,
-                     spec=base.hparams.spec, statistics=base.statistics)
+                     spec=base.hparams.spec, statistics=base.hparams.statistics)
         task.load_state_dict(base.state_dict())
         torch.manual_seed(0)  # same σ and noise for every weight
         with torch.no_grad():
@@ -253,31 +254,31 @@ def test_future_image_loss_weight_scales_only_the_future_camera_frames():
 
 def test_ema_backbone_samples_and_follows_training():
     task = _task()
-    assert task.sampling_backbone is task.backbone
+    assert task.inference_model is task.model  # no EMA: the trained backbone samples
     task = build({"name": "cosmos_policy", "ema_decay": 0.9}, "task", model=task.hparams.model, spec=task.hparams.spec,
-                 statistics=task.statistics)
+                 statistics=task.hparams.statistics)
     ema = task.backbone_ema.module
-    assert task.sampling_backbone is ema and not any(p.requires_grad for p in ema.parameters())
-    assert all(p.requires_grad for p in task.backbone.parameters())
+    assert task.inference_model.backbone is ema and not any(p.requires_grad for p in ema.parameters())
+    assert all(p.requires_grad for p in task.model.backbone.parameters())
     assert all(p in set(task.parameters()) for p in ema.parameters())  # saved in the checkpoint's state dict
     with torch.no_grad():
-        for p in task.backbone.parameters():
+        for p in task.model.backbone.parameters():
             p.add_(1.0)
     before = [p.clone() for p in ema.parameters()]
     task._ema_step = -1
-    task.backbone_ema.update(task.backbone, step=1)  # warm-up: the first update copies the weights
-    for b, p, q in zip(before, ema.parameters(), task.backbone.parameters()):
+    task.backbone_ema.update(task.model.backbone, step=1)  # warm-up: the first update copies the weights
+    for b, p, q in zip(before, ema.parameters(), task.model.backbone.parameters()):
         assert torch.allclose(p, q) and not torch.allclose(p, b)
     with torch.no_grad():
-        for p in task.backbone.parameters():
+        for p in task.model.backbone.parameters():
             p.add_(1.0)
-    task.backbone_ema.update(task.backbone, step=10_000)  # later updates move by (1 - decay)
-    for p, q in zip(ema.parameters(), task.backbone.parameters()):
+    task.backbone_ema.update(task.model.backbone, step=10_000)  # later updates move by (1 - decay)
+    for p, q in zip(ema.parameters(), task.model.backbone.parameters()):
         assert torch.allclose(p, q - 0.9, atol=1e-5)
     with pytest.raises(ConfigError, match="task.ema_decay"):
         build({"name": "cosmos_policy", "ema_decay": 1.5}, "task", model=task.hparams.model, spec=task.hparams.spec)
     clone = build({"name": "cosmos_policy", "ema_decay": 0.9}, "task", model=task.hparams.model, spec=task.hparams.spec,
-                  statistics=task.statistics)
+                  statistics=task.hparams.statistics)
     clone.load_state_dict(task.state_dict())  # strict: the EMA copy round-trips through a checkpoint
     for p, q in zip(clone.backbone_ema.module.parameters(), ema.parameters()):
         assert torch.equal(p, q)
@@ -286,7 +287,7 @@ def test_ema_backbone_samples_and_follows_training():
 def test_proprio_noise_perturbs_only_the_training_condition():
     base = _task()
     task = build({"name": "cosmos_policy", "proprio_noise_std": 0.2}, "task", model=base.hparams.model,
-                 spec=base.hparams.spec, statistics=base.statistics)
+                 spec=base.hparams.spec, statistics=base.hparams.statistics)
     batch = _batch()
     clean = batch["proprio"].clone()
     seen = []
@@ -299,10 +300,10 @@ def test_proprio_noise_perturbs_only_the_training_condition():
     for key in ("actions", "future_proprio", "images"):  # targets and images stay clean
         assert seen[0][key] is batch[key]
     off = build({"name": "cosmos_policy"}, "task", model=base.hparams.model, spec=base.hparams.spec,
-                statistics=base.statistics)
+                statistics=base.hparams.statistics)
     off._loss = lambda b: (seen.append(b) or torch.zeros(()), {})
     off.training_step(batch, 0)
     assert torch.equal(seen[1]["proprio"], clean)  # 0 (default) = official: no noise
     with pytest.raises(ConfigError, match="task.proprio_noise_std: expected a number >= 0, got -0.1"):
         build({"name": "cosmos_policy", "proprio_noise_std": -0.1}, "task", model=base.hparams.model,
-              spec=base.hparams.spec, statistics=base.statistics)
+              spec=base.hparams.spec, statistics=base.hparams.statistics)

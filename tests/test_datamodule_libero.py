@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -16,10 +17,11 @@ import torch
 from cosmos_lit.datamodules.base import STATISTICS_FILE
 from cosmos_lit.datamodules.libero import instruction_from_file_name, noop_mask
 from cosmos_lit.layout import POLICY, VALUE, WORLD_MODEL, LatentLayout
-from cosmos_lit.registry import ConfigError, build
+from cosmos_lit.registry import ConfigError
 
 sys.path.insert(0, os.path.dirname(__file__))
 import fixtures_writers as fw  # noqa: E402
+from helpers import level, make_datamodule, sample_at, setup_error  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPATIAL = "pick_up_the_black_bowl_between_the_plate_and_the_ramekin_and_place_it_on_the_plate_demo.hdf5"
@@ -27,24 +29,7 @@ LONG = "KITCHEN_SCENE3_turn_on_the_stove_and_put_the_moka_pot_on_it_demo.hdf5"
 S = 32  # model image side in these tests (the pipeline is size-agnostic)
 
 
-def make_dm(data_dir, **kw):
-    cfg = {"name": "libero", "data_dir": str(data_dir), "image_size": S, "augment": False, "batch_size": 4,
-           "val_fraction": 0.0}
-    cfg.update(kw)
-    return build(cfg, "datamodule", path="data")
-
-
-def level(x: torch.Tensor) -> float:
-    """Mean of a [-1, 1] channel back in 0..255."""
-    return float((x.mean() + 1) * 127.5)
-
-
-def sample_at(ds, episode: int, t: int):
-    for i in range(len(ds)):
-        e, tt, _ = ds.locate(i)
-        if (e, tt) == (episode, t):
-            return ds[i]
-    raise AssertionError(f"no sample ({episode}, {t})")
+make_dm = functools.partial(make_datamodule, "libero", image_size=S, batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -230,10 +215,7 @@ def test_rollouts_feed_world_model_and_value_samples(tmp_path):
     assert "pick up the black bowl" in dm.instructions
 
 
-def _error(data_dir, **kw) -> str:
-    with pytest.raises((ValueError, FileNotFoundError)) as info:
-        make_dm(data_dir, **kw).setup("fit")
-    return str(info.value)
+_error = functools.partial(setup_error, make_dm)
 
 
 def test_missing_key_errors_name_file_episode_key(tmp_path):
@@ -310,5 +292,5 @@ def test_primary_config_composes():
     )
     assert out.returncode == 0, out.stderr
     for text in ("cosmos_predict2_2b", "wan2.1", "t5_cache", "LIBERO-Cosmos-Policy/success_only", "batch_size: 30",
-                 "warmup_steps: 1000", "decay_steps: 30000", "max_steps: 40000", ".venv-libero/bin/python"):
+                 "task=cosmos_policy", "max_steps: 40000", ".venv-libero/bin/python"):
         assert text in out.stdout, text

@@ -4,6 +4,7 @@ Cosmos regenerated (224², upright, raw and JPEG), rollouts with three cameras, 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -12,36 +13,21 @@ import sys
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from cosmos_lit.datamodules.base import STATISTICS_FILE
 from cosmos_lit.layout import POLICY, LatentLayout
-from cosmos_lit.registry import ConfigError, build
+from cosmos_lit.registry import ConfigError
 
 sys.path.insert(0, os.path.dirname(__file__))
 import fixtures_writers as fw  # noqa: E402
+from helpers import level, make_datamodule, sample_at, setup_error  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S = 32
 LANG = "pick the apple from the counter and place it in the cabinet"
 
 
-def make_dm(data_dir, **kw):
-    cfg = {"name": "robocasa", "data_dir": str(data_dir), "image_size": S, "augment": False, "batch_size": 2,
-           "val_fraction": 0.0}
-    cfg.update(kw)
-    return build(cfg, "datamodule", path="data")
-
-
-def level(x: torch.Tensor) -> float:
-    return float((x.mean() + 1) * 127.5)
-
-
-def sample_at(ds, episode: int, t: int):
-    for i in range(len(ds)):
-        if ds.locate(i)[:2] == (episode, t):
-            return ds[i]
-    raise AssertionError(f"no sample ({episode}, {t})")
+make_dm = functools.partial(make_datamodule, "robocasa", image_size=S)
 
 
 @pytest.fixture(scope="module")
@@ -128,10 +114,7 @@ def test_instruction_from_ep_meta_when_no_task_description(tmp_path):
     assert dm.instructions == ["close the drawer"]
 
 
-def _error(data_dir, **kw) -> str:
-    with pytest.raises((ValueError, FileNotFoundError)) as info:
-        make_dm(data_dir, **kw).setup("fit")
-    return str(info.value)
+_error = functools.partial(setup_error, make_dm)
 
 
 def test_bad_input_errors(tmp_path):
@@ -209,10 +192,23 @@ def test_fit_without_data_exits_2_with_one_clear_line(tmp_path):
 def test_primary_configs_compose(config):
     out = _cli(["fit", "--config", os.path.join(REPO, "configs", f"{config}.yaml"), "--print-config"], cwd=REPO)
     assert out.returncode == 0, out.stderr
-    for text in ("cosmos_predict2_2b", "wan2.1", "t5_cache", "bf16-mixed", "lr: 0.0001", "weight_decay: 0.1"):
+    for text in ("cosmos_predict2_2b", "wan2.1", "t5_cache", "bf16-mixed", "task=cosmos_policy"):
         assert text in out.stdout, (config, text)
     batch = {"libero": 30, "robocasa": 25, "aloha": 25}[config]
     assert f"batch_size: {batch}" in out.stdout
+
+
+@pytest.mark.parametrize("config", ["libero", "robocasa", "aloha"])
+def test_paper_configs_train_with_the_official_optimizer(config):
+    """The official recipe (AdamW 1e-4, wd 0.1, betas 0.9/0.99; warm-up 1000 and decay at 30K, ALOHA 2000 / 20K)."""
+    from cosmos_lit.config import compose, resolve
+    from cosmos_lit.tasks.post_training import OptimConfig
+
+    cfg, _ = compose(os.path.join(REPO, "configs", f"{config}.yaml"), [])
+    optim = OptimConfig(**resolve(cfg)["task"].get("optim", {}))
+    schedule = (2000, 20000) if config == "aloha" else (1000, 30000)
+    assert (optim.lr, optim.weight_decay, tuple(optim.betas), optim.eps) == (1e-4, 0.1, (0.9, 0.99), 1e-8)
+    assert (optim.warmup_steps, optim.decay_steps, optim.decay_to, optim.tail) == (*schedule, 0.3, 0.06)
 
 
 def _tiny_overrides(config: str) -> list[str]:

@@ -36,7 +36,7 @@ def test_tiny_model_overfits_one_batch():
         sched.step()
     task.eval()
     before = (torch.zeros_like(batch["actions"]) - batch["actions"]).abs().mean().item()
-    out = task.predict_from_observation(batch["images"][:, :1], batch["proprio"], batch["instruction"], seed=0)
+    out = task.inference_model.predict(batch["images"][:, :1], batch["proprio"], batch["instruction"], seed=0)
     l1 = (out["actions"] - batch["actions"]).abs().mean().item()
     assert before > 0.3  # the targets are far from a trivial prediction
     assert l1 < 0.05, f"normalized action L1 after overfitting one batch: {l1:.4f}"

@@ -1,7 +1,7 @@
 """Planners: turn the model's predictions into the action chunk to execute.
 
 - ``none``: the direct policy, one parallel-decoding sample of all generated frames (the paper's main setting).
-- ``best_of_n``: model-based planning (reference/method.md §5.3). For each of N candidates (seed = base + i): sample an
+- ``best_of_n``: model-based planning (docs/method.md#best-of-n-planning). For each of N candidates (seed = base + i): sample an
   action chunk with the policy model, imagine ``num_futures`` futures s' with the world model (the action frame now
   conditioning), predict ``num_values`` values V(s') per future with the value function (everything but the value
   frame conditioning), aggregate the ensemble, and execute the best candidate's chunk. Step counts per stage follow
@@ -9,7 +9,7 @@
   A separate planning model (the rollout-fine-tuned checkpoint) can score the candidates: ``planning_checkpoint``.
 
 A planner is a LightningModule so it can run alone through ``predict_step`` on batches of observations, given the
-policy task it plans with (``planner.attach(task)``).
+model it plans with (``planner.attach(model)``). It talks to the model only (``cosmos_lit.model``), never to a task.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from cosmos_lit.layout import VALUE, WORLD_MODEL
+from cosmos_lit.model import CosmosPolicyModel
 from cosmos_lit.registry import ConfigError, register
 
 
@@ -47,24 +48,29 @@ def aggregate_values(values: torch.Tensor, scheme: str = "majority_mean", thresh
 
 
 class Planner(L.LightningModule):
-    """Base: ``plan(task, current_images, proprio, instructions, seed) -> dict`` with normalized ``actions``."""
+    """Base of the registered planners (the ``cosmos_lit.components.Planner`` contract).
+
+    ``plan(model, current_images, proprio, instructions, seed, num_steps) -> dict`` with normalized ``actions``.
+    Alone, a planner runs plan-and-act on batches of normalized observations through ``predict_step`` once it is
+    given the model it plans with (``planner.attach(model)``).
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self._task: Any = None
+        self._model: CosmosPolicyModel | None = None
 
-    def attach(self, task: Any) -> "Planner":
-        self._task = task
+    def attach(self, model: CosmosPolicyModel) -> "Planner":
+        self._model = model
         return self
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, torch.Tensor]:
-        if self._task is None:
-            raise RuntimeError("planner.predict_step needs a policy task: call planner.attach(task) first")
-        n = len(self._task.spec.cameras)
-        return self.plan(self._task, batch["images"][:, :n], batch["proprio"], list(batch["instruction"]), seed=batch_idx)
+        if self._model is None:
+            raise RuntimeError("planner.predict_step needs a model: call planner.attach(model) first")
+        n = len(self._model.spec.cameras)
+        return self.plan(self._model, batch["images"][:, :n], batch["proprio"], list(batch["instruction"]), seed=batch_idx)
 
-    def plan(self, task: Any, current_images: torch.Tensor, proprio: torch.Tensor, instructions: list[str],
-             seed: int = 0) -> dict[str, torch.Tensor]:
+    def plan(self, model: CosmosPolicyModel, current_images: torch.Tensor, proprio: torch.Tensor, instructions: list[str],
+             seed: int = 0, num_steps: int | None = None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
 
@@ -72,14 +78,10 @@ class Planner(L.LightningModule):
 class DirectPolicy(Planner):
     """No planning: execute the policy's own sample (parallel decoding)."""
 
-    def __init__(self, num_steps: int | None = None):
-        super().__init__()
-        self.num_steps = num_steps
-
     @torch.no_grad()
-    def plan(self, task: Any, current_images: torch.Tensor, proprio: torch.Tensor, instructions: list[str],
-             seed: int = 0) -> dict[str, torch.Tensor]:
-        return task.predict_from_observation(current_images, proprio, instructions, num_steps=self.num_steps, seed=seed)
+    def plan(self, model: CosmosPolicyModel, current_images: torch.Tensor, proprio: torch.Tensor, instructions: list[str],
+             seed: int = 0, num_steps: int | None = None) -> dict[str, torch.Tensor]:
+        return model.predict(current_images, proprio, instructions, num_steps=num_steps, seed=seed)
 
 
 @register("planner", "best_of_n")
@@ -90,7 +92,8 @@ class BestOfN(Planner):
         num_candidates: N action chunks sampled from the policy.
         num_futures: world-model samples per candidate.
         num_values: value samples per future.
-        action_steps: denoising steps of the policy sample (10 in the official planning setting).
+        action_steps: denoising steps of the policy sample when a call passes none (10 in the official planning
+            setting); a per-call ``num_steps`` (``eval.num_steps``) wins.
         future_steps / value_steps: step counts per ensemble member; default linspace(1, 5, n) as the official code.
         aggregation: value ensemble aggregation (see ``aggregate_values``).
         keep_base_unless_better: execute candidate 0 unless another is strictly better ("seed switching").
@@ -126,52 +129,45 @@ class BestOfN(Planner):
         self.threshold = threshold
         self.keep_base_unless_better = keep_base_unless_better
         self.planning_checkpoint = planning_checkpoint
-        self._planning_model: Any = None
+        self._planning_model: CosmosPolicyModel | None = None
 
-    def _scorer(self, task: Any) -> Any:
+    def _scorer(self, model: CosmosPolicyModel) -> CosmosPolicyModel:
+        """The model that imagines futures and predicts values: ``planning_checkpoint``'s, else the policy's."""
         if self.planning_checkpoint is None:
-            return task
+            return model
         if self._planning_model is None:
-            from cosmos_lit.policy import load_task
+            from cosmos_lit.checkpoint import load_model
 
-            self._planning_model = load_task(self.planning_checkpoint, map_location=task.device).eval()
+            self._planning_model = load_model(self.planning_checkpoint, map_location=model.device)
         return self._planning_model
 
     @torch.no_grad()
-    def plan(self, task: Any, current_images: torch.Tensor, proprio: torch.Tensor, instructions: list[str],
-             seed: int = 0) -> dict[str, torch.Tensor]:
-        if not task.layout.has_value:
+    def plan(self, model: CosmosPolicyModel, current_images: torch.Tensor, proprio: torch.Tensor, instructions: list[str],
+             seed: int = 0, num_steps: int | None = None) -> dict[str, torch.Tensor]:
+        if not model.layout.has_value:
             raise ConfigError("planner=best_of_n needs a value frame (model/value_head=frame)")
-        scorer = self._scorer(task)
-        b, n_cand = proprio.shape[0], self.num_candidates
-        lay = task.layout
-        text = task.text_encoder(instructions)
-        cond, mask = task.policy_condition(current_images, proprio)
-        cand_latents, cand_scores, cand_out = [], [], []
-        for i in range(n_cand):
-            latents = task.sample(cond, mask, text, num_steps=self.action_steps, seed=seed + i)
-            out = task.read_outputs(latents)
-            s_text = scorer.text_encoder(instructions)
-            # World model: policy prefix + the sampled action frame are clean.
-            wm_mask = lay.condition_mask(torch.full((b,), WORLD_MODEL, device=latents.device))
+        scorer = self._scorer(model)
+        b = proprio.shape[0]
+        text = model.text_encoder(instructions)
+        s_text = scorer.text_encoder(instructions)
+        cond, mask = model.policy_condition(current_images, proprio)
+        wm_mask = scorer.condition_mask(WORLD_MODEL, b)  # policy prefix + the sampled action frame are clean
+        v_mask = scorer.condition_mask(VALUE, b)
+        steps = self.action_steps if num_steps is None else num_steps
+        cand_latents, cand_scores = [], []
+        for i in range(self.num_candidates):
+            latents = model.sample(cond, mask, text, num_steps=steps, seed=seed + i)
             vals = []
             for j, f_steps in enumerate(self.future_steps):
                 fut = scorer.sample(latents, wm_mask, s_text, num_steps=f_steps, seed=seed + i + j)
-                v_mask = lay.condition_mask(torch.full((b,), VALUE, device=latents.device), scorer.mask_current_state_for_value)
                 for k, v_steps in enumerate(self.value_steps):
                     val_lat = scorer.sample(fut, v_mask, s_text, num_steps=v_steps, seed=seed + i + j + k)
-                    vals.append(scorer.value_head.read(val_lat[:, :, lay.value]))
-            score = aggregate_values(torch.stack(vals, dim=1), self.aggregation, self.threshold)
+                    vals.append(scorer.value_head.read(val_lat[:, :, scorer.layout.value]))
+            cand_scores.append(aggregate_values(torch.stack(vals, dim=1), self.aggregation, self.threshold))
             cand_latents.append(latents)
-            cand_scores.append(score)
-            cand_out.append(out)
         scores = torch.stack(cand_scores, dim=1)  # (B, N)
         best = scores.argmax(dim=1)
         if self.keep_base_unless_better:
             best = torch.where(scores.gather(1, best[:, None])[:, 0] > scores[:, 0], best, torch.zeros_like(best))
-        idx = torch.arange(b, device=best.device)
-        actions = torch.stack([o["actions"] for o in cand_out], dim=1)[idx, best]
-        latents = torch.stack(cand_latents, dim=1)[idx, best]
-        result = {**task.read_outputs(latents), "actions": actions, "latents": latents, "plan_scores": scores,
-                  "plan_choice": best}
-        return result
+        latents = torch.stack(cand_latents, dim=1)[torch.arange(b, device=best.device), best]
+        return {**model.read_outputs(latents), "latents": latents, "plan_scores": scores, "plan_choice": best}
