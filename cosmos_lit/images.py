@@ -8,7 +8,7 @@ One :class:`ImagePipeline` serves training, validation and deployment; per sampl
 3. optional JPEG round trip at ``jpeg_quality`` (deployment on benchmarks whose training data is JPEG);
 4. geometry, one resampling: resize to S×S (JPEGs at least 2S on a side decode at 1/2–1/8 size; raw frames are
    halved by 2×2 area averaging while at least 2S), then either
-   - training augmentation (reference/method.md §7): a random square crop of 90% of the area
+   - training augmentation (docs/method.md#image-pipelines): a random square crop of 90% of the area
      (side ``round(S·√0.9)``, as torchvision's RandomResizedCrop(scale=(0.9, 0.9), ratio=(1, 1))) resized back to
      S, then a rotation by U(−5°, 5°) about the centre with black corners; or
    - the test-time centre crop (``center_crop=True``): side ``int(S·√0.9)`` (212 for S=224), resized back to S;
@@ -21,9 +21,12 @@ One :class:`ImagePipeline` serves training, validation and deployment; per sampl
 The same :class:`AugmentParams` are applied to every image of a sample (all cameras, current and future).
 OpenCV does the pixel work (about 0.5 ms per 224² image here); it is imported on first use.
 
-Test-time presets (reference/method.md §7, ``cosmos_utils.py::prepare_images_for_model``):
-``eval_pipeline("libero")`` / ``"robocasa"``: flip + JPEG q95 + resize + centre crop;
-``"aloha"``: resize + centre crop (no flip, no JPEG).
+At test time (docs/method.md#image-pipelines, ``cosmos_utils.py::prepare_images_for_model``) the official code flips
+LIBERO and RoboCasa renders upright, JPEG(q95)-round-trips them and takes the centre crop; ALOHA frames get the crop
+only. Here each benchmark's deployment node (``configs/eval/<benchmark>.yaml``, which its protocol file
+``configs/protocol/<benchmark>.yaml`` composes) says, once, which of these steps its env does (LIBERO's flips and
+JPEGs its renders; robosuite and RoboCasa return upright frames) and which the policy's ``ImagePipeline`` does
+(``image_pipeline``: LIBERO resize + crop, RoboCasa JPEG + resize + crop, ALOHA resize + crop).
 """
 
 from __future__ import annotations
@@ -43,11 +46,6 @@ BRIGHTNESS = (0.7, 1.3)
 CONTRAST = (0.6, 1.4)
 SATURATION = (0.5, 1.5)
 HUE = (-0.05, 0.05)
-TEST_TIME_PRESETS: dict[str, dict[str, Any]] = {
-    "libero": {"flip": True, "jpeg_quality": 95, "center_crop": True},
-    "robocasa": {"flip": True, "jpeg_quality": 95, "center_crop": True},
-    "aloha": {"flip": False, "jpeg_quality": None, "center_crop": True},
-}
 
 _cv2: Any = None
 _RGB_FLAG = False
@@ -166,7 +164,7 @@ class AugmentParams:
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> "AugmentParams":
-        """Draw the ranges of reference/method.md §7 (``use_stronger_image_aug=True``)."""
+        """Draw the ranges of docs/method.md#image-pipelines (``use_stronger_image_aug=True``)."""
         u = rng.random(7)
         lerp = lambda lo_hi, x: lo_hi[0] + (lo_hi[1] - lo_hi[0]) * float(x)  # noqa: E731
         return cls(
@@ -338,11 +336,3 @@ class ImagePipeline:
         flips = list(flip) if isinstance(flip, Sequence) else [flip] * len(frames)
         return to_tensor([self.frame(f, params, fl) for f, fl in zip(frames, flips)])
 
-
-def eval_pipeline(benchmark: str, image_size: int = 224) -> ImagePipeline:
-    """The deployment pipeline of reference/method.md §7 for ``benchmark`` in :data:`TEST_TIME_PRESETS`."""
-    if benchmark not in TEST_TIME_PRESETS:
-        raise ValueError(
-            f"eval_pipeline: unknown benchmark '{benchmark}'; expected one of {', '.join(TEST_TIME_PRESETS)}"
-        )
-    return ImagePipeline(image_size=image_size, **TEST_TIME_PRESETS[benchmark])

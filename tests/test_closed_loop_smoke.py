@@ -7,33 +7,26 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from cosmos_lit.evaluation import run_episodes, summarize
+from cosmos_lit.eval.rollouts import run_episodes, summarize
 from cosmos_lit.policy import CosmosPolicy
+
+sys.path.insert(0, os.path.dirname(__file__))
+from helpers import libero_python_or_skip  # noqa: E402
 
 pytestmark = pytest.mark.sim
 
-REPO = Path(__file__).resolve().parents[1]
-LIBERO_PYTHON = REPO / ".venv-libero" / "bin" / "python"
 TINY_MODEL = {
     "backbone": {"name": "cosmos_predict2_tiny"},
     "image_encoder": {"name": "wan2.1_tiny", "normalization": "none"},
     "text_encoder": {"name": "hash"},
 }
-
-
-def libero_python_or_skip() -> str:
-    """The LIBERO interpreter; CI builds it before the tests, so there its absence is a failure."""
-    if LIBERO_PYTHON.exists():
-        return str(LIBERO_PYTHON)
-    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-        pytest.fail(f"CI: {LIBERO_PYTHON} is missing; `bash scripts/setup_libero.sh` must run before the tests")
-    pytest.skip(f"no {LIBERO_PYTHON} (build it with `bash scripts/setup_libero.sh`)")
 
 
 def range_stats(action_lo, action_hi, proprio_dim: int) -> dict[str, list[float]]:
@@ -46,11 +39,11 @@ def range_stats(action_lo, action_hi, proprio_dim: int) -> dict[str, list[float]
 
 
 def tiny_policy(spec: dict, statistics: dict, **policy_kwargs) -> CosmosPolicy:
-    from cosmos_lit.tasks.post_training import CosmosPolicyTask
+    from cosmos_lit.model import CosmosPolicyModel
 
     torch.manual_seed(0)
-    task = CosmosPolicyTask(model=TINY_MODEL, spec=spec, statistics=statistics, sampling={"num_steps": 2})
-    return CosmosPolicy(task.eval(), **policy_kwargs)
+    model = CosmosPolicyModel(dict(TINY_MODEL), spec, statistics, sampling={"num_steps": 2})
+    return CosmosPolicy(model, **policy_kwargs)
 
 
 def assert_valid_mp4(path: str | Path, frames: int | None = None) -> None:
@@ -91,7 +84,7 @@ def test_gym_aloha_transfer_cube_episode(tmp_path):
 
 
 def test_write_video_roundtrip_and_atomic(tmp_path):
-    from cosmos_lit.evaluation import write_video
+    from cosmos_lit.eval.rollouts import write_video
 
     frames = [np.full((50, 70, 3), 5 * i, np.uint8) for i in range(12)]  # odd-sized: padded to 64 x 80
     write_video(tmp_path / "v.mp4", frames, fps=50.0)
@@ -102,7 +95,7 @@ def test_write_video_roundtrip_and_atomic(tmp_path):
 
 
 def test_a_failed_video_is_a_warning_not_a_lost_episode(tmp_path, monkeypatch):
-    import cosmos_lit.evaluation as evaluation
+    import cosmos_lit.eval.rollouts as evaluation
 
     def broken_writer(path, frames, fps):
         raise RuntimeError("no encoder")
@@ -163,7 +156,7 @@ def fit_with(dm, callback, run_dir: Path, max_steps: int = 3):
 
     torch.manual_seed(0)
     model = dict(TINY_MODEL, image_encoder={"name": "wan2.1_tiny"})  # latent statistics calibrated at fit start
-    task = CosmosPolicyTask(model=model, spec=dm.spec.to_dict(), statistics=dm.statistics, sampling={"num_steps": 2},
+    task = CosmosPolicyTask(model={**model, "sampling": {"num_steps": 2}}, spec=dm.spec.to_dict(), statistics=dm.statistics,
                             optim={"warmup_steps": 1})
     logger = CSVLogger(str(run_dir), name="logs", version=0)
     trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=logger, callbacks=[callback],
@@ -192,6 +185,10 @@ def test_sim_eval_callback_in_fit_logs_success_video_and_episodes(aloha_dm, tmp_
     report = json.loads((out / "episodes_rank0.json").read_text())
     (ep,) = report["episodes"]
     assert report["step"] == 3 and ep["seed"] == 100_000 and ep["steps"] == 60 and ep["error"] is None
+    # sim/mean_return is the per-episode total reward (named for what it is), sim/mean_max_reward the best step's
+    assert "sim/mean_reward" not in h and h["sim/mean_return"] == pytest.approx(ep["total_reward"])
+    assert h["sim/mean_max_reward"] == pytest.approx(ep["max_reward"]) and h["sim/mean_return"] >= h["sim/mean_max_reward"]
+    assert "sim/mean_return" in logged[0] and "sim/mean_reward" not in logged[0]
     (video,) = sorted((out / "videos").glob("*.mp4"))
     assert ep["video_path"] == str(video)
     assert_valid_mp4(video, frames=61)

@@ -6,13 +6,11 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from cosmos_lit.images import (
-    TEST_TIME_PRESETS,
     AugmentParams,
     ImagePipeline,
     decode_image,
     encode_jpeg,
     eval_crop_side,
-    eval_pipeline,
     jpeg_round_trip,
     to_tensor,
     to_uint8,
@@ -159,18 +157,13 @@ def test_augment_params_ranges():
         assert vals.min() < lo + 0.1 * (hi - lo) and vals.max() > hi - 0.1 * (hi - lo)
 
 
-def test_eval_pipeline_presets():
+def test_official_test_time_steps():
+    """The official test-time steps on a raw render (flip, JPEG q95, resize, centre crop) against a torchvision
+    reference. Which of them a benchmark's env does and which its policy does: tests/test_benchmark_facts.py."""
     assert eval_crop_side(224) == 212
-    libero = eval_pipeline("libero")
-    assert libero.flip and libero.jpeg_quality == 95 and libero.center_crop and libero.image_size == 224
-    aloha = eval_pipeline("aloha", image_size=64)
-    assert not aloha.flip and aloha.jpeg_quality is None and aloha.center_crop
-    assert set(TEST_TIME_PRESETS) >= {"libero", "robocasa", "aloha"}
-    with pytest.raises(ValueError, match="unknown benchmark 'metaworld'"):
-        eval_pipeline("metaworld")
     # reference: flip, JPEG q95, resize to S, centre crop int(S·√0.9), resize back
     img = scene(128, 128)
-    out = eval_pipeline("libero", image_size=64).frame(img[::-1])
+    out = ImagePipeline(image_size=64, flip=True, jpeg_quality=95, center_crop=True).frame(img[::-1])
     side = eval_crop_side(64)
     t = TF.resize(torch_chw(jpeg_round_trip(img, 95)), [64, 64], antialias=True)
     ref = TF.resize(TF.center_crop(t, [side, side]), [64, 64], antialias=True)

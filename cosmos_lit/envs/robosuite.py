@@ -128,7 +128,7 @@ class RobosuiteEnv:
         self.image_size = int(image_size)
         self.fast_render = bool(fast_render)
         self.action_dim = ARM_ACTION_DIM
-        self.max_steps = int(max_steps) if max_steps is not None else self._default_max_steps()
+        self.max_steps = int(max_steps) if max_steps is not None else self.default_max_steps(self.env_name)
         self._instruction = instruction
         self._steps = 0
         self._last: dict[str, Any] | None = None
@@ -142,8 +142,10 @@ class RobosuiteEnv:
         self._env = self._make(robosuite, int(control_freq))
 
     # -- what subclasses change ------------------------------------------------------------------------------
-    def _default_max_steps(self) -> int:
-        return DEFAULT_MAX_STEPS.get(self.env_name, 400)
+    @classmethod
+    def default_max_steps(cls, env_name: str) -> int:
+        """The episode horizon of task ``env_name`` when ``max_steps`` is not given, in env steps."""
+        return DEFAULT_MAX_STEPS.get(env_name, 400)
 
     def _make(self, robosuite: Any, control_freq: int) -> Any:
         if self.env_name not in robosuite.ALL_ENVIRONMENTS:
@@ -260,8 +262,9 @@ class RoboCasaEnv(RobosuiteEnv):
         self.controller = controller
         super().__init__(env_name, robot, cameras, image_size, max_steps, fast_render, control_freq, instruction)
 
-    def _default_max_steps(self) -> int:
-        return ROBOCASA_MAX_STEPS.get(self.env_name, 500)
+    @classmethod
+    def default_max_steps(cls, env_name: str) -> int:
+        return ROBOCASA_MAX_STEPS.get(env_name, 500)
 
     def _make(self, robosuite: Any, control_freq: int) -> Any:
         try:

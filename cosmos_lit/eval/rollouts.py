@@ -8,8 +8,6 @@ An env whose worker crashes is recorded with its error and the others go on. A t
 
 from __future__ import annotations
 
-import json
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from cosmos_lit.envs.base import EpisodeResult
+from cosmos_lit.io import atomic_path, write_json_atomic
 
 
 def _frame(obs: dict[str, Any], cameras: tuple[str, ...]) -> np.ndarray:
@@ -35,22 +34,16 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
 
     import av
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.mp4")
     h, w = frames[0].shape[:2]
     pad = [(0, (-h) % 16), (0, (-w) % 16), (0, 0)]
     codec = next((c for c in ("h264", "mpeg4") if c in av.codecs_available), "mpeg4")
-    try:
-        with av.open(str(tmp), mode="w") as container:
-            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height, stream.pix_fmt = w + pad[1][1], h + pad[0][1], "yuv420p"
-            for f in frames:
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.pad(f, pad)), format="rgb24")
-                container.mux(stream.encode(frame))
-            container.mux(stream.encode())  # flush
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = w + pad[1][1], h + pad[0][1], "yuv420p"
+        for f in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.pad(f, pad)), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())  # flush
 
 
 def run_episodes(
@@ -168,7 +161,11 @@ def _run_wave(policy: Any, pool: Any, env_name: str, task_name: str, wave: list[
 
 
 def summarize(results: list[EpisodeResult]) -> dict[str, float]:
-    """Success rate and rewards over finished episodes (errors and budget cut-offs excluded, but counted)."""
+    """Success rate and rewards over finished episodes (errors and budget cut-offs excluded, but counted).
+
+    ``mean_return`` is the mean over episodes of the total (undiscounted) reward, ``mean_max_reward`` the mean of
+    each episode's best single-step reward (ALOHA's staged reward: how far the task got).
+    """
     finished = [r for r in results if r.error is None]
     out = {
         "episodes": float(len(finished)),
@@ -177,14 +174,11 @@ def summarize(results: list[EpisodeResult]) -> dict[str, float]:
     }
     if finished:
         out["success_rate"] = float(np.mean([r.success for r in finished]))
-        out["mean_reward"] = float(np.mean([r.total_reward for r in finished]))
+        out["mean_return"] = float(np.mean([r.total_reward for r in finished]))
         out["mean_max_reward"] = float(np.mean([r.max_reward for r in finished]))
     return out
 
 
 def save_results(path: str | Path, results: list[EpisodeResult], extra: dict[str, Any] | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"summary": summarize(results), **(extra or {}), "episodes": [r.to_dict() for r in results]}, indent=1))
-    os.replace(tmp, path)
+    """JSON ``{summary, **extra, episodes}`` at ``path``, written atomically."""
+    write_json_atomic(path, {"summary": summarize(results), **(extra or {}), "episodes": [r.to_dict() for r in results]})
