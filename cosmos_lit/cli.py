@@ -1,4 +1,5 @@
-"""``python -m cosmos_lit {fit,validate,test,predict} --config FILE [OVERRIDES]`` and ``python -m cosmos_lit list [KIND]``.
+"""``python -m cosmos_lit {fit,validate,test,predict} --config FILE [OVERRIDES]``, ``python -m cosmos_lit eval --config
+configs/protocol/<benchmark>.yaml [KEY=VALUE]`` (``cosmos_lit.eval``) and ``python -m cosmos_lit list [KIND]``.
 
 Configs are composed with Hydra's compose API: the primary file's ``defaults`` list picks one option per config group
 (``data``, ``model/backbone``, ``model/image_encoder``, ``model/value_head``, ``planner``, ``eval``, ``trainer``,
@@ -22,80 +23,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cosmos_lit.config import CliError, compose, hydra_message, resolve, unknown_key_message
 from cosmos_lit.registry import ConfigError
 
-BUILTIN_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-TOP_LEVEL_KEYS = {
-    "data", "model", "planner", "eval", "trainer", "logger", "task", "seed", "run_dir", "run_name", "ckpt_path",
-    "callbacks", "checkpoint", "experiment", "export", "predict", "notes",
-}
 COMMANDS = ("fit", "validate", "test", "predict")
-FRAMEWORK_KEYS = ("run_dir", "run_name", "ckpt_path", "seed")
-
-
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
-
-
-# ---------------------------------------------------------------------------------------------------- composition
-
-
-def _framework_override(override: str) -> str:
-    """``key=value`` → ``++key=value``; a path with ``=`` in it (Lightning's ``epoch=0-step=2000.ckpt``) is quoted."""
-    key, _, value = override.partition("=")
-    if key in ("ckpt_path", "run_dir") and "=" in value and value[:1] not in ("'", '"') and "'" not in value:
-        value = f"'{value}'"
-    return f"++{key}={value}"
-
-
-def compose(config_file: str | Path, overrides: list[str]) -> tuple[Any, dict[str, Any]]:
-    """Compose ``config_file`` + overrides; returns (config without the hydra node, chosen group options)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf, open_dict
-
-    path = Path(config_file).expanduser().resolve()
-    if not path.is_file():
-        raise CliError(f"--config: file not found: {path}")
-    # framework keys may be set whether or not the primary config declares them
-    overrides = [_framework_override(o) if o.split("=", 1)[0] in FRAMEWORK_KEYS else o for o in overrides]
-    search = [f"file://{BUILTIN_CONFIGS}"] if BUILTIN_CONFIGS.is_dir() and BUILTIN_CONFIGS != path.parent else []
-    extra = [f"hydra.searchpath=[{','.join(search)}]"] if search else []
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
-            cfg = hydra_compose(config_name=path.stem, overrides=list(overrides) + extra, return_hydra_config=True)
-    except Exception as e:  # Hydra's own exceptions carry the useful message (sometimes in __cause__)
-        raise CliError(_hydra_message(e)) from None
-    choices = {k: v for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items() if not k.startswith("hydra")}
-    with open_dict(cfg):
-        del cfg["hydra"]
-    unknown = [k for k in cfg.keys() if k not in TOP_LEVEL_KEYS]
-    if unknown:
-        import difflib
-
-        close = difflib.get_close_matches(str(unknown[0]), sorted(TOP_LEVEL_KEYS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise CliError(f"{path}: unknown top-level key '{unknown[0]}'{hint}; accepted: {', '.join(sorted(TOP_LEVEL_KEYS))}")
-    return cfg, choices
-
-
-def _hydra_message(e: BaseException) -> str:
-    msg = str(e).strip()
-    cause = e.__cause__ or e.__context__
-    if cause is not None and str(cause).strip() and str(cause).strip() not in msg:
-        msg = f"{msg}: {str(cause).strip()}"
-    return " ".join(msg.split())
-
-
-def resolve(cfg: Any) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    try:
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except Exception as e:
-        raise CliError(f"config interpolation failed: {_hydra_message(e)}") from None
+VERBS = """verbs:
+  fit       train: python -m cosmos_lit fit --config configs/aloha_sim.yaml [overrides]
+  validate  validation metrics and closed-loop simulation of a checkpoint: validate ckpt_path=CKPT
+  test      score a checkpoint on the held-out episodes: test ckpt_path=CKPT
+  predict   write sampled action chunks, values and imagined future frames of the held-out episodes to
+            <run_dir>/predictions.npz: predict ckpt_path=CKPT [+predict.num_images=N]
+  eval      a benchmark protocol: eval --config configs/protocol/libero.yaml checkpoint_dir=DIR vae=PATH
+            (or checkpoint=CKPT for a checkpoint of ours)
+  list      registered components: list [backbone|image_encoder|planner|datamodule|env|...]
+"""
 
 
 # ---------------------------------------------------------------------------------------------------- run directory
@@ -117,24 +58,32 @@ def make_run_dir(cfg: dict[str, Any], command: str) -> Path:
     return path
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_run_config(run_dir: Path, cfg: dict[str, Any], overrides: list[str], choices: dict[str, Any]) -> None:
     from omegaconf import OmegaConf
+
+    from cosmos_lit.io import write_text_atomic
 
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg)))
     write_text_atomic(run_dir / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(overrides))))
     write_text_atomic(run_dir / "choices.yaml", OmegaConf.to_yaml(OmegaConf.create(choices)))
 
 
+LOG_WIDTH = 1000  # columns for rich output that goes to a file or pipe (rich's default there is 80, cutting paths)
+
+
+def console(file: Any = None, **kwargs: Any) -> Any:
+    """The CLI's rich console: never hard-wraps (a path stays one line when stdout is a log file, not a terminal)."""
+    from rich.console import Console
+
+    c = Console(file=file, soft_wrap=True, **kwargs)
+    if not c.is_terminal and "width" not in kwargs:
+        c = Console(file=file, soft_wrap=True, width=LOG_WIDTH, **kwargs)
+    return c
+
+
 def print_config_tree(cfg: dict[str, Any], choices: dict[str, Any], save_to: Path | None = None, echo: bool = True) -> None:
     """Rich tree of the resolved config (groups first, with their chosen option)."""
     from omegaconf import OmegaConf
-    from rich.console import Console
     from rich.syntax import Syntax
     from rich.tree import Tree
 
@@ -148,10 +97,10 @@ def print_config_tree(cfg: dict[str, Any], choices: dict[str, Any], save_to: Pat
         text = OmegaConf.to_yaml(OmegaConf.create({key: value}) if not isinstance(value, dict) else OmegaConf.create(value))
         branch.add(Syntax(text.rstrip(), "yaml", theme="ansi_dark", background_color="default"))
     if echo:
-        Console().print(tree)
+        console().print(tree)
     if save_to is not None:
         with open(save_to, "w") as f:
-            Console(file=f, width=120, color_system=None).print(tree)
+            console(file=f, width=LOG_WIDTH, color_system=None).print(tree)
 
 
 # ---------------------------------------------------------------------------------------------------- building
@@ -181,6 +130,32 @@ def trainer_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
     return trainer_cfg
 
 
+LIGHTNING_TIP_PREFIX = "💡 Tip:"  # Lightning 2.6's litlogger / litmodels advertisements (logged with rank_zero_info)
+
+
+class _NoLightningTips:
+    """``logging`` filter: drops Lightning's advertising tips and nothing else."""
+
+    def filter(self, record: Any) -> bool:
+        return not str(record.msg).lstrip().startswith(LIGHTNING_TIP_PREFIX)
+
+
+def silence_lightning_tips() -> None:
+    """Drop Lightning's "💡 Tip: ... try installing litlogger/litmodels" lines; its other info messages stay.
+
+    There is no switch for them: they are logged by ``rank_zero_info``, whose logger is the one named
+    ``lightning.pytorch.utilities.rank_zero`` (a logger's filters see the records it creates). Idempotent."""
+    import logging
+
+    import lightning_utilities.core.rank_zero as rank_zero_module
+
+    names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+             "pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
+    for logger in {rank_zero_module.log, *(logging.getLogger(n) for n in names)}:
+        if not any(isinstance(f, _NoLightningTips) for f in logger.filters):
+            logger.addFilter(_NoLightningTips())
+
+
 def build_trainer(cfg: dict[str, Any], run_dir: Path, callbacks: list[Any], command: str) -> Any:
     import lightning as L
 
@@ -194,18 +169,20 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, callbacks: list[Any], comm
         for node in nodes:
             if node:
                 loggers.append(build(dict(node), "callback", path="logger", save_dir=str(run_dir)))
+    silence_lightning_tips()
     return L.Trainer(**trainer_cfg, default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers or False)
 
 
 def build_callbacks(cfg: dict[str, Any], run_dir: Path, overrides: list[str], choices: dict[str, Any], command: str) -> list[Any]:
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from cosmos_lit.callbacks import RunConfigInCheckpoint
+    from cosmos_lit.callbacks.progress import StepProgressBar
     from cosmos_lit.registry import build
 
     # trainer.enable_progress_bar=false (batch jobs, logs to a file): Lightning refuses a progress-bar callback then
     show_progress = (cfg.get("trainer") or {}).get("enable_progress_bar", True) is not False
-    callbacks: list[Any] = [RichProgressBar(leave=True)] if show_progress else []
+    callbacks: list[Any] = [StepProgressBar(leave=True)] if show_progress else []  # "Epoch 0, step 5/3000"
     task_name = str((cfg.get("task") or {}).get("name", "cosmos_policy"))
     if command == "fit":
         ck = dict(cfg.get("checkpoint") or {})
@@ -214,9 +191,14 @@ def build_callbacks(cfg: dict[str, Any], run_dir: Path, overrides: list[str], ch
         callbacks += [ModelCheckpoint(**ck), RunConfigInCheckpoint(cfg, overrides, choices, task_name)]
         if cfg.get("logger"):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if command == "predict":
+        from cosmos_lit.callbacks.prediction_writer import PredictionWriter
+        from cosmos_lit.registry import bind_kwargs
+
+        callbacks.append(PredictionWriter(**bind_kwargs(PredictionWriter, dict(cfg.get("predict") or {}), "predict")))
     ev = cfg.get("eval")
     if ev and command in ("fit", "validate"):
-        callbacks.append(build(ev, "callback", path="eval"))
+        callbacks.append(build(ev, "callback", path="eval", planner=cfg.get("planner")))
     for i, node in enumerate((cfg.get("callbacks") or {}).values() if isinstance(cfg.get("callbacks"), dict) else cfg.get("callbacks") or []):
         if node:
             callbacks.append(build(node, "callback", path=f"callbacks[{i}]"))
@@ -249,30 +231,35 @@ def build_task(cfg: dict[str, Any], dm: Any) -> Any:
     from cosmos_lit.registry import build
 
     task_cfg = dict(cfg.get("task") or {"name": "cosmos_policy"})
-    return build(task_cfg, "task", path="task", model=cfg.get("model") or {}, planner=cfg.get("planner"),
-                 spec=dm.spec.to_dict(), statistics=dm.statistics)
+    return build(task_cfg, "task", path="task", model=cfg.get("model") or {}, spec=dm.spec.to_dict(),
+                 statistics=dm.statistics)
 
 
 # ---------------------------------------------------------------------------------------------------- commands
 
 
 def _config_from_checkpoint(ckpt_path: str, overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    import torch
     import yaml
     from omegaconf import OmegaConf
+
+    from cosmos_lit.checkpoint import embedded_config
 
     p = Path(ckpt_path).expanduser()
     if not p.is_file():
         raise CliError(f"ckpt_path: checkpoint not found: {p}")
-    ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    meta = ckpt.get("cosmos_lit")
-    if not meta:
-        raise CliError(f"{p}: no embedded cosmos_lit config; pass --config as well")
+    meta = embedded_config(p)
     cfg = OmegaConf.create(meta["config"])
     for ov in overrides:
         key = ov.split("=", 1)[0].lstrip("+~")
         if "/" in key:
             raise CliError(f"override '{ov}': config-group overrides need --config (the checkpoint holds a resolved config)")
+    plain = OmegaConf.to_container(cfg)
+    for ov in overrides:
+        key, _, value = ov.partition("=")
+        if not key.startswith(("+", "~")):
+            problem = unknown_key_message(plain, key, value)  # type: ignore[arg-type]
+            if problem:
+                raise CliError(f"override '{ov}': {problem}")
     try:
         OmegaConf.set_struct(cfg, True)
         for ov in overrides:
@@ -282,12 +269,12 @@ def _config_from_checkpoint(ckpt_path: str, overrides: list[str]) -> tuple[dict[
             OmegaConf.update(cfg, key.lstrip("+"), yaml.safe_load(value) if value else None, merge=True)
             OmegaConf.set_struct(cfg, True)
     except Exception as e:
-        raise CliError(f"override: {_hydra_message(e)}") from None
+        raise CliError(f"override: {hydra_message(e)}") from None
     return OmegaConf.to_container(cfg, resolve=True), dict(meta.get("choices") or {})  # type: ignore[return-value]
 
 
 def run(command: str, config: str | None, overrides: list[str], print_only: bool = False) -> Any:
-    """Compose, build and run one job; returns the trainer (fit/validate/test) or predictions (predict)."""
+    """Compose, build and run one job; returns the trainer (predictions go to ``<run_dir>/predictions.npz``)."""
     import lightning as L
 
     ckpt_override = next((o.split("=", 1)[1] for o in overrides if o.startswith("ckpt_path=")), None)
@@ -299,6 +286,8 @@ def run(command: str, config: str | None, overrides: list[str], print_only: bool
         cfg["ckpt_path"] = ckpt_override
     else:
         raise CliError("--config is required (or, for validate/test/predict, ckpt_path=<checkpoint>)")
+    if command in ("test", "predict") and not cfg.get("ckpt_path"):
+        raise CliError(f"{command}: needs ckpt_path=<checkpoint> (the model to score on the held-out episodes)")
     if print_only:
         print_config_tree(cfg, choices)
         return None
@@ -307,8 +296,8 @@ def run(command: str, config: str | None, overrides: list[str], print_only: bool
     # The frozen VAE is deliberately in eval mode; Lightning's pytree notice is about its own internals.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    print_config_tree(cfg, choices)
-    L.seed_everything(int(cfg.get("seed", 0)), workers=True)
+    # errors first: nothing is printed (no config tree, no "Seed set to") until the data is set up
+    L.seed_everything(int(cfg.get("seed", 0)), workers=True, verbose=False)
 
     check_names(cfg)
     trainer_kwargs(cfg)
@@ -318,10 +307,10 @@ def run(command: str, config: str | None, overrides: list[str], print_only: bool
     # the run directory is made once the data is known to be there: a run that cannot start leaves nothing behind
     run_dir = make_run_dir(cfg, command)
     save_run_config(run_dir, cfg, overrides, choices)
-    print_config_tree(cfg, choices, save_to=run_dir / "config_tree.txt", echo=False)
+    print_config_tree(cfg, choices, save_to=run_dir / "config_tree.txt")
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and command != "fit":
-        from cosmos_lit.policy import load_task
+        from cosmos_lit.checkpoint import load_task
 
         task = load_task(ckpt_path)
         ckpt_path = None  # weights are loaded; Lightning need not restore training state
@@ -338,19 +327,19 @@ def run(command: str, config: str | None, overrides: list[str], print_only: bool
     elif command == "test":
         trainer.test(task, datamodule=dm)
     else:
-        return trainer.predict(task, datamodule=dm)
+        trainer.predict(task, datamodule=dm, return_predictions=False)
     return trainer
 
 
 def _report_fit(trainer: Any, run_dir: Path) -> None:
-    from rich.console import Console
+    from rich.markup import escape
 
     best = getattr(trainer.checkpoint_callback, "last_model_path", "") if trainer.checkpoint_callback else ""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "sim/", "train/loss"))}
-    c = Console()
-    c.print(f"[bold green]done[/bold green]: run directory {run_dir}")
+    c = console()  # no hard wrap: the paths stay whole in a log file
+    c.print(f"[bold green]done[/bold green]: run directory {escape(str(run_dir))}")
     if best:
-        c.print(f"checkpoint: {best}")
+        c.print(f"checkpoint: {escape(str(best))}")
     for k in sorted(metrics):
         c.print(f"  {k} = {metrics[k]:.4f}")
 
@@ -362,7 +351,7 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     try:
         parsed = OverridesParser.create().parse_overrides(overrides=overrides)
     except Exception as e:
-        raise CliError(f"sweep overrides: {_hydra_message(e)}") from None
+        raise CliError(f"sweep overrides: {hydra_message(e)}") from None
     axes = []
     for ov in parsed:
         key = ov.get_key_element()
@@ -392,6 +381,7 @@ def run_sweep(command: str, config: str, overrides: list[str], dry_run: bool) ->
 
 def list_registered(kind: str | None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from cosmos_lit.registry import describe
@@ -400,13 +390,14 @@ def list_registered(kind: str | None) -> None:
     for col in ("kind", "name", "summary"):
         table.add_column(col)
     for row in describe(kind):
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))  # a docstring's "[a, b]" is text, not rich markup
     Console().print(table)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m cosmos_lit", description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=[*COMMANDS, "list"])
+    p = argparse.ArgumentParser(prog="python -m cosmos_lit", description="Cosmos Policy post-training and evaluation.",
+                                epilog=VERBS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=[*COMMANDS, "eval", "list"], metavar="command", help="one of the verbs below")
     p.add_argument("--config", "-c", help="primary config file, e.g. configs/aloha_sim.yaml")
     p.add_argument("--print-config", action="store_true", help="print the composed config and exit")
     p.add_argument("-m", "--multirun", action="store_true", help="expand sweep overrides; one subprocess per job")
@@ -420,10 +411,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    silence_lightning_tips()  # every verb (build_trainer does it too, for library use)
     try:
         if args.command == "list":
             list_registered(args.overrides[0] if args.overrides else None)
             return
+        if args.command == "eval":  # a benchmark protocol: configs/protocol/<benchmark>.yaml
+            from cosmos_lit.eval.run import main as eval_main
+
+            sys.exit(eval_main(args.config, args.overrides, print_only=args.print_config))
         if args.multirun:
             if not args.config:
                 raise CliError("-m needs --config")
