@@ -1,6 +1,6 @@
 """Rectified flow in EDM σ-space, as Cosmos-Predict2 and Cosmos Policy train and sample it.
 
-Conventions (reference/method.md §3, §5.1; reference/backbone.md §2):
+Conventions (docs/method.md#diffusion-objective, docs/method.md#sampler):
     x_σ = x0 + σ·ε,  t = σ / (1 + σ)
     c_in = c_skip = 1 − t,  c_out = −t,  c_noise = t        (sigma_data = 1)
     D(x_σ, σ) = c_skip·x_σ + c_out·F(c_in·x_σ, c_noise)       (F regresses the velocity ε − x0)

@@ -1,13 +1,13 @@
 """Latent-frame layout derived from a DataSpec, and the conditioning masks of the three sample types.
 
-Slot order (reference/method.md §1), one latent frame per slot::
+Slot order (docs/method.md#latent-layout), one latent frame per slot::
 
     blank | current proprio | current cameras... | action chunk | future proprio | future cameras... | value
 
 so LIBERO (2 cameras) has 9 latent frames, RoboCasa and ALOHA (3 cameras) 11, a one-camera robot 7.
 The policy conditions on the prefix up to (not including) the action frame.
 
-Sample types and their clean (conditioning) frames (reference/method.md §3.3):
+Sample types and their clean (conditioning) frames (docs/method.md#sample-types-and-masks):
     policy       (0): blank, s
     world model  (1): blank, s, a
     value        (2): everything but the value frame

@@ -8,7 +8,7 @@
     F         (B, 16, T, H, W)  predicted velocity ε − x0
 
 Named configurations (timm-style factory functions): ``cosmos_predict2_2b`` is the exact 2B Video2World network
-(reference/backbone.md §1.1, 1,956,413,440 parameters); ``cosmos_predict2_tiny`` the same architecture at toy size.
+(docs/method.md#backbone, 1,956,413,440 parameters); ``cosmos_predict2_tiny`` the same architecture at toy size.
 The released nets have fps modulation off, so ``fps=None`` is passed; the padding mask is zeros (no padding).
 """
 
@@ -24,7 +24,7 @@ from cosmos_lit.models.dit_framewise import framewise_forward
 from cosmos_lit.registry import ConfigError, register
 from cosmos_lit.weights.cosmos_dit import COSMOS_PREDICT2_2B_V2W
 
-# The exact 2B Video2World network (reference/backbone.md §1.1), shared with the weight loaders.
+# The exact 2B Video2World network (docs/method.md#backbone), shared with the weight loaders.
 COSMOS_PREDICT2_2B: dict[str, Any] = COSMOS_PREDICT2_2B_V2W
 
 COSMOS_PREDICT2_TINY: dict[str, Any] = dict(
@@ -155,10 +155,10 @@ def cosmos_predict2_tiny(
 
     ``extra_pos_embed_type="learnable"`` adds the architecture's optional learnable absolute (t, h, w) position
     embedding (off in the released 2B nets, which rely on 3D RoPE alone). Tiling puts chunk step ``(W·c + h) mod K``
-    at latent row h of channel c (reference/method.md §2); with RoPE alone every token of a tiled frame sees the same
+    at latent row h of channel c (docs/method.md#vectors-in-latent-frames); with RoPE alone every token of a tiled frame sees the same
     content and only *relative* positions, so a from-scratch net cannot tell which row, hence which chunk step, it
     writes, and its chunks come out flat. The codes give it the row; on the ALOHA-sim data they had not yet fixed the
-    flat chunks after 4,000 steps, while ``model/vector_encoder=channel_time`` did (README "What it reaches").
+    flat chunks after 4,000 steps, while ``model/vector_encoder=channel_time`` did (docs/aloha_sim_experiments.md).
     """
     if extra_pos_embed_type not in (None, "learnable"):
         raise ConfigError(f"model.backbone.extra_pos_embed_type: expected null or 'learnable', got {extra_pos_embed_type!r}")

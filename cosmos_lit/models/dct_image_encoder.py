@@ -2,7 +2,7 @@
 
 An ablation of the Wan2.1 VAE for small CPU runs without pretrained weights. A randomly initialized tiny VAE keeps
 little of a 3-pixel cube's position (a linear probe from first-frame latents to the grasp pose does ~3x worse than
-from 8x8 average-pooled pixels, ``scripts/probe_image_latents.py``); this encoder keeps exactly the low spatial
+from 8x8 average-pooled pixels, ``research/aloha_sim/probe_image_latents.py``); this encoder keeps exactly the low spatial
 frequencies of every 8x8 patch:
 
     RGB in [-1, 1] -> YCbCr (JPEG matrix) -> per 8x8 patch, the first ``luma_coefficients`` 2-D DCT-II coefficients of

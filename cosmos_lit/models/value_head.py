@@ -1,6 +1,6 @@
 """Value head-as-frame: the value is one more latent frame, written by broadcast and read back as its mean.
 
-Targets are in [-1, 1] (reference/method.md §4); predictions are reported on [0, 1] as clamp((v + 1)/2, 0, 1).
+Targets are in [-1, 1] (docs/method.md#value-targets); predictions are reported on [0, 1] as clamp((v + 1)/2, 0, 1).
 ``value_head: none`` removes the value slot from the layout (the "no value" ablation).
 """
 

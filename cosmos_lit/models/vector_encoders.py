@@ -54,7 +54,7 @@ class ChannelTimeVectorEncoder(TiledVectorEncoder):
 
     The official layout puts chunk step ``(W·c + h) mod K`` at latent row h of channel c, so the network must know
     which row each token sits at. A from-scratch tiny DiT does not learn that within CPU budgets (its chunks come out
-    flat: README "What it reaches"). Here the chunk is resampled at ``C·row_period`` knots (linear interpolation,
+    flat: docs/aloha_sim_experiments.md). Here the chunk is resampled at ``C·row_period`` knots (linear interpolation,
     knot i at step i·(K−1)/(C·row_period − 1)); knot ``c·row_period + (h mod row_period)`` is written at channel c,
     row h, and column w holds action dimension ``w mod A``. With ``row_period`` = the DiT's spatial patch size (2),
     a token's knots depend only on its output index, never on where the token is. Read back: the mean of each knot's

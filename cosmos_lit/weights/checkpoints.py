@@ -2,7 +2,7 @@
 
 A user downloads ``nvidia/Cosmos-Policy-{LIBERO,RoboCasa,ALOHA}-Predict2-2B`` (e.g. ``huggingface-cli download
 nvidia/Cosmos-Policy-LIBERO-Predict2-2B --local-dir DIR``) and points the config at DIR; nothing is fetched here.
-Expected contents (reference/method.md §9)::
+Expected contents (docs/released_checkpoints.md#files)::
 
     Cosmos-Policy-LIBERO-Predict2-2B.pt       the DiT (flat ``net.*`` state dict)
     libero_dataset_statistics.json           {actions,proprio}_{min,max,mean,std,median} of the demos

@@ -41,7 +41,7 @@ from cosmos_lit.weights import state_io
 
 log = logging.getLogger(__name__)
 
-# diffusers kwargs of Cosmos-Predict2-2B Video2World (reference/backbone.md §4.1).
+# diffusers kwargs of Cosmos-Predict2-2B Video2World (docs/method.md#backbone).
 COSMOS_PREDICT2_2B_V2W: dict[str, Any] = dict(
     in_channels=17,
     out_channels=16,
@@ -57,7 +57,7 @@ COSMOS_PREDICT2_2B_V2W: dict[str, Any] = dict(
     concat_padding_mask=True,
     extra_pos_embed_type=None,
 )
-# Same architecture at toy size (reference/backbone.md §7): width 64, 175,936 parameters.
+# Same architecture at toy size (docs/method.md#tiny-configuration): width 64, 175,936 parameters.
 TINY_DIT: dict[str, Any] = dict(
     COSMOS_PREDICT2_2B_V2W, num_attention_heads=2, attention_head_dim=32, num_layers=2, text_embed_dim=32, adaln_lora_dim=16
 )
