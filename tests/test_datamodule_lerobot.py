@@ -3,6 +3,7 @@ embedded PNG image features), rollouts from ``next.success``, and bad input."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -14,33 +15,18 @@ import torch
 
 from cosmos_lit.datamodules.base import STATISTICS_FILE
 from cosmos_lit.layout import LatentLayout
-from cosmos_lit.registry import ConfigError, build
+from cosmos_lit.registry import ConfigError
 from cosmos_lit.video import DECORD_AVAILABLE
 
 sys.path.insert(0, os.path.dirname(__file__))
 import fixtures_writers as fw  # noqa: E402
+from helpers import level, make_datamodule, sample_at, setup_error  # noqa: E402
 
 S = 32
 TASKS = ["pick up the cube", "pick up the cube", "put the cube in the box"]
 LENGTHS = (12, 15, 13)
 
-
-def make_dm(root, **kw):
-    cfg = {"name": "lerobot", "data_dir": str(root), "image_size": S, "augment": False, "batch_size": 2,
-           "val_fraction": 0.0}
-    cfg.update(kw)
-    return build(cfg, "datamodule", path="data")
-
-
-def level(x: torch.Tensor) -> float:
-    return float((x.mean() + 1) * 127.5)
-
-
-def sample_at(ds, episode: int, t: int):
-    for i in range(len(ds)):
-        if ds.locate(i)[:2] == (episode, t):
-            return ds[i]
-    raise AssertionError(f"no sample ({episode}, {t})")
+make_dm = functools.partial(make_datamodule, "lerobot", image_size=S)
 
 
 def write(root, **kw):
@@ -145,10 +131,7 @@ def test_rollouts_from_next_success(tmp_path):
         make_dm(tmp_path / "demos", rollout_dir=str(tmp_path / "roll2")).setup("fit")
 
 
-def _error(root, **kw) -> str:
-    with pytest.raises((ValueError, FileNotFoundError)) as info:
-        make_dm(root, **kw).setup("fit")
-    return str(info.value)
+_error = functools.partial(setup_error, make_dm)
 
 
 def test_bad_metadata_and_features(tmp_path):

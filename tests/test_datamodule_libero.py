@@ -28,7 +28,6 @@ SPATIAL = "pick_up_the_black_bowl_between_the_plate_and_the_ramekin_and_place_it
 LONG = "KITCHEN_SCENE3_turn_on_the_stove_and_put_the_moka_pot_on_it_demo.hdf5"
 S = 32  # model image side in these tests (the pipeline is size-agnostic)
 
-
 make_dm = functools.partial(make_datamodule, "libero", image_size=S, batch_size=4)
 
 

@@ -26,7 +26,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S = 32
 LANG = "pick the apple from the counter and place it in the cabinet"
 
-
 make_dm = functools.partial(make_datamodule, "robocasa", image_size=S)
 
 

@@ -20,7 +20,7 @@ def test_failure_is_minus_one_everywhere():
 
 
 def test_partial_reward_matches_success_quirk_and_gamma_one():
-    # the division by R makes every R > 0 produce the success targets (reference/method.md §4 quirk)
+    # the division by R makes every R > 0 produce the success targets (docs/method.md#value-targets quirk)
     np.testing.assert_allclose(value_targets(6, 0.3, 0.95), value_targets(6, 1.0, 0.95), atol=1e-6)
     np.testing.assert_array_equal(value_targets(3, 1.0, 1.0), [1.0, 1.0, 1.0])
     v = value_targets(1000, 1.0, 0.998)

@@ -19,7 +19,7 @@ from cosmos_lit.weights.cosmos_dit import (
 )
 from cosmos_lit.weights.state_io import UntrustedPickleError
 
-# Official names as listed in reference/backbone.md §1.2 (per block i), with their diffusers counterparts.
+# Official names as listed in docs/method.md#checkpoint-key-names (per block i), with their diffusers counterparts.
 OFFICIAL_EXPECTED = {
     "x_embedder.proj.1.weight": "patch_embed.proj.weight",
     "t_embedder.1.linear_1.weight": "time_embed.t_embedder.linear_1.weight",
@@ -92,7 +92,7 @@ def native():
 def test_every_official_key_maps_to_exactly_one_parameter_of_the_same_shape(native):
     params = native.state_dict()
     official = diffusers_to_official(params, prefix="")
-    assert set(official) == set(OFFICIAL_EXPECTED)  # the names of reference/backbone.md §1.2, no more, no less
+    assert set(official) == set(OFFICIAL_EXPECTED)  # the names of docs/method.md#checkpoint-key-names, no more, no less
     mapped = {k: official_key_to_diffusers(k) for k in official}
     assert mapped == OFFICIAL_EXPECTED
     assert len(set(mapped.values())) == len(mapped) == len(params)  # injective and onto

@@ -1,0 +1,106 @@
+"""Helpers shared by several test files; tests import it as ``from helpers import ...`` (like ``fixtures_writers``).
+
+Imports nothing heavy at module level (torch and the registry's components load inside the functions that need
+them), so any interpreter that runs the tests can import it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cosmos_lit.spec import DataSpec
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------------------------------------------- errors
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    """The message of a raised exception, asserted to be a single line."""
+    msg = str(exc.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+# ---------------------------------------------------------------------------------------------------- LIBERO venv
+
+LIBERO_PYTHON = REPO / ".venv-libero" / "bin" / "python"
+
+
+def libero_python_or_skip() -> str:
+    """The LIBERO interpreter; CI builds it before the tests, so there its absence is a failure."""
+    if LIBERO_PYTHON.exists():
+        return str(LIBERO_PYTHON)
+    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+        pytest.fail(f"CI: {LIBERO_PYTHON} is missing; `bash scripts/setup_libero.sh` must run before the tests")
+    pytest.skip(f"no {LIBERO_PYTHON} (build it with `bash scripts/setup_libero.sh`)")
+
+
+# ---------------------------------------------------------------------------------------------------- DataModules
+
+
+def make_datamodule(name: str, data_dir, image_size: int, **kw):
+    """The registered DataModule ``name`` on ``data_dir``: no augmentation, batches of 2, no validation split;
+    ``kw`` overrides or adds config keys."""
+    from cosmos_lit.registry import build
+
+    cfg = {"name": name, "data_dir": str(data_dir), "image_size": image_size, "augment": False, "batch_size": 2,
+           "val_fraction": 0.0}
+    cfg.update(kw)
+    return build(cfg, "datamodule", path="data")
+
+
+def setup_error(make, data_dir, **kw) -> str:
+    """The message of the ValueError / FileNotFoundError that ``make(data_dir, **kw).setup("fit")`` raises."""
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+        make(data_dir, **kw).setup("fit")
+    return str(info.value)
+
+
+def level(x) -> float:
+    """Mean of a [-1, 1] channel back in 0..255."""
+    return float((x.mean() + 1) * 127.5)
+
+
+def sample_at(ds, episode: int, t: int):
+    """The sample of episode ``episode`` at step ``t`` (the first slot that holds it)."""
+    for i in range(len(ds)):
+        if ds.locate(i)[:2] == (episode, t):
+            return ds[i]
+    raise AssertionError(f"no sample ({episode}, {t})")
+
+
+# ---------------------------------------------------------------------------------------------------- tiny model
+
+TINY_SPEC = DataSpec(cameras=("wrist", "top"), proprio_dim=4, action_dim=3, chunk_size=8, image_size=32)
+TINY_NODES = {"backbone": {"name": "cosmos_predict2_tiny"},
+              "image_encoder": {"name": "wan2.1_tiny", "normalization": "none"}}
+TINY_STATS = {"actions_min": [-2.0, 0.0, 10.0], "actions_max": [2.0, 1.0, 30.0], "proprio_min": [0.0] * 4,
+              "proprio_max": [1.0] * 4}
+
+
+def tiny_task(**task_options: Any):
+    """A tiny randomly initialized ``cosmos_policy`` task (seed 0) on :data:`TINY_SPEC` and :data:`TINY_STATS`,
+    2 sampling steps, in eval mode; ``task_options`` go into the task's config (e.g. ``ema_decay``)."""
+    import torch
+
+    from cosmos_lit.registry import build
+
+    torch.manual_seed(0)
+    model = {**copy.deepcopy(TINY_NODES), "sampling": {"num_steps": 2}}
+    return build({"name": "cosmos_policy", **task_options}, "task", model=model, spec=TINY_SPEC.to_dict(),
+                 statistics=copy.deepcopy(TINY_STATS)).eval()
+
+
+def tiny_obs(seed: int) -> dict[str, Any]:
+    """A random raw observation for :data:`TINY_SPEC` (48x40 uint8 images, instruction "stack the blocks")."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return {"images": {c: rng.integers(0, 255, (48, 40, 3), dtype=np.uint8) for c in TINY_SPEC.cameras},
+            "proprio": rng.random(4).astype(np.float32), "instruction": "stack the blocks"}
