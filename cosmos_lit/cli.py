@@ -35,6 +35,8 @@ VERBS = """verbs:
             <run_dir>/predictions.npz: predict ckpt_path=CKPT [+predict.num_images=N]
   eval      a benchmark protocol: eval --config configs/protocol/libero.yaml checkpoint_dir=DIR vae=PATH
             (or checkpoint=CKPT for a checkpoint of ours)
+  serve     a policy server (openpi's WebSocket protocol) for robots and simulators elsewhere:
+            serve ckpt_path=CKPT [port=8000] [host=127.0.0.1] [planner=...] [max_batch=8] [batch_wait_ms=5]
   list      registered components: list [backbone|image_encoder|planner|datamodule|env|...]
 """
 
@@ -397,7 +399,7 @@ def list_registered(kind: str | None) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m cosmos_lit", description="Cosmos Policy post-training and evaluation.",
                                 epilog=VERBS, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=[*COMMANDS, "eval", "list"], metavar="command", help="one of the verbs below")
+    p.add_argument("command", choices=[*COMMANDS, "eval", "serve", "list"], metavar="command", help="one of the verbs below")
     p.add_argument("--config", "-c", help="primary config file, e.g. configs/aloha_sim.yaml")
     p.add_argument("--print-config", action="store_true", help="print the composed config and exit")
     p.add_argument("-m", "--multirun", action="store_true", help="expand sweep overrides; one subprocess per job")
@@ -420,6 +422,10 @@ def main(argv: list[str] | None = None) -> None:
             from cosmos_lit.eval.run import main as eval_main
 
             sys.exit(eval_main(args.config, args.overrides, print_only=args.print_config))
+        if args.command == "serve":  # a policy server: cosmos_lit.serve (docs/serving.md)
+            from cosmos_lit.serve.cli import main as serve_main
+
+            sys.exit(serve_main(args.overrides, config=args.config, print_only=args.print_config))
         if args.multirun:
             if not args.config:
                 raise CliError("-m needs --config")
