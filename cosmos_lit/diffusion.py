@@ -169,6 +169,14 @@ def ab2_x0_step(x: torch.Tensor, s: float, t: float, x0: torch.Tensor, s_prev: f
     return math.exp(-h.item()) * x + h.item() * (b1 * x0 + b2 * x0_prev)
 
 
+def network_evaluations(num_steps: int, official_step_count: bool = True) -> int:
+    """How many network evaluations ``sample(num_steps=...)`` makes: 1 for n = 1, and for n = 2 with the official
+    step count (the single-evaluation case); n otherwise."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps: expected >= 1, got {num_steps}")
+    return 1 if num_steps == 1 or (num_steps == 2 and official_step_count) else int(num_steps)
+
+
 @torch.no_grad()
 def sample(
     velocity_fn: VelocityFn,
@@ -180,12 +188,20 @@ def sample(
     solver: str = "2ab",
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
+    official_step_count: bool = True,
 ) -> torch.Tensor:
     """Sample the non-conditioning frames; conditioning frames come back exactly as given.
 
-    With ``num_steps`` n > 1: n − 1 solver steps on the Karras grid from ``sigma_max`` to ``sigma_min`` (first step
-    x0-Euler, then 2nd-order AB for "2ab", or Euler throughout for "euler"), then one final clean x̂0 = D(x, σ_min):
-    n network evaluations in all. With n = 1: x̂0 = D(σ_max·ε, σ_max).
+    Step count, as the official sampler (``sample_clean=True``) counts it: the official code decrements the requested
+    count before it picks its branch, so
+
+    - ``num_steps`` 1 **and 2**: a single evaluation x̂0 = D(σ_max·ε, σ_max) (2 steps is exactly 1 step);
+    - ``num_steps`` n >= 3: n − 1 solver steps on the Karras grid from ``sigma_max`` to ``sigma_min`` (first step
+      x0-Euler, then 2nd-order AB for "2ab", or Euler throughout for "euler"), then one final clean
+      x̂0 = D(x, σ_min): n network evaluations in all.
+
+    ``official_step_count=False`` gives 2 steps its own meaning (one solver step + the final D: 2 evaluations);
+    every other count is the same either way. ``network_evaluations`` tells the count for a request.
 
     Args:
         x0_cond: (B, C, T, H, W) latents holding the conditioning frames (other frames are ignored).
@@ -197,8 +213,7 @@ def sample(
     """
     if solver not in ("2ab", "euler"):
         raise ValueError(f"solver: expected '2ab' or 'euler', got '{solver}'")
-    if num_steps < 1:
-        raise ValueError(f"num_steps: expected >= 1, got {num_steps}")
+    evaluations = network_evaluations(num_steps, official_step_count)
     b = x0_cond.shape[0]
     if noise is None:
         noise = torch.randn(x0_cond.shape, generator=generator, device=x0_cond.device, dtype=torch.float32)
@@ -207,9 +222,9 @@ def sample(
     def d(x_: torch.Tensor, s: float) -> torch.Tensor:
         return denoise(velocity_fn, x_, torch.full((b,), s, device=x_.device, dtype=x_.dtype), x0_cond, cond_mask)
 
-    if num_steps == 1:
+    if evaluations == 1:
         return d(x, sigma_max)
-    grid = karras_sigmas(num_steps - 1, sigma_max, sigma_min).tolist()
+    grid = karras_sigmas(evaluations - 1, sigma_max, sigma_min).tolist()
     prev: tuple[float, torch.Tensor] | None = None
     for s, t in zip(grid[:-1], grid[1:]):
         x0_hat = d(x, s)

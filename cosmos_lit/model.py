@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,12 +37,15 @@ COMPONENT_KEYS = ("backbone", "image_encoder", "vector_encoder", "value_head", "
 @dataclass(frozen=True)
 class SamplingConfig:
     """The sampler's settings (the official policy's): ``num_steps`` denoising steps from σ_max to σ_min with the
-    ``"2ab"`` (second-order Adams–Bashforth) solver. ``num_steps`` is the default of every call that passes none."""
+    ``"2ab"`` (second-order Adams–Bashforth) solver. ``num_steps`` is the default of every call that passes none.
+    ``official_step_count``: count steps as the official sampler (2 steps = the single evaluation of 1 step;
+    ``cosmos_lit.diffusion.sample``); false gives 2 steps two evaluations, as this package did before."""
 
     num_steps: int = 5
     sigma_max: float = 80.0
     sigma_min: float = 4.0
     solver: str = "2ab"
+    official_step_count: bool = True
 
     @classmethod
     def from_node(cls, node: dict[str, Any] | None, path: str = "model.sampling") -> "SamplingConfig":
@@ -234,18 +239,38 @@ class CosmosPolicyModel(nn.Module):
         return lambda net_in, timesteps, cond_mask: net(net_in, timesteps, cond_mask, text)
 
     def sample(self, x0_cond: torch.Tensor, cond_mask: torch.Tensor, text: torch.Tensor, num_steps: int | None = None,
-               seed: int | None = None) -> torch.Tensor:
+               seed: int | Sequence[int] | None = None) -> torch.Tensor:
         """Sample the non-conditioning frames of ``x0_cond`` (B, C, T, h, w) given ``cond_mask`` (B, T).
 
-        ``num_steps``: denoising steps (None: ``sampling.num_steps``); ``seed`` seeds the initial noise (drawn on
-        the CPU, so a seed gives the same sample on every device).
+        ``num_steps``: denoising steps (None: ``sampling.num_steps``; see ``diffusion.sample`` for how they count).
+        ``seed`` seeds the initial noise, drawn on the CPU so a seed gives the same sample on every device:
+
+        - an ``int``: one generator for the whole (B, ...) noise tensor (rows differ, row b depends on b);
+        - a sequence of B ints: each row r draws its (1, C, T, h, w) noise from its own generator seeded ``seed[r]``,
+          so a row's sample does not depend on the rest of the batch: B rows in one call give the rows of B calls
+          with one row each and ``seed=seed[r]`` (``[s]`` and ``s`` are the same noise for a single row);
+        - None: the global CPU generator.
         """
         cfg = asdict(self.sampling)
         if num_steps is not None:
             cfg["num_steps"] = int(num_steps)
-        gen = torch.Generator(device="cpu").manual_seed(int(seed)) if seed is not None else None
-        noise = torch.randn(x0_cond.shape, generator=gen).to(x0_cond.device)
+        noise = self.initial_noise(x0_cond.shape, seed).to(x0_cond.device)
         return diffusion.sample(self.velocity_fn(text), x0_cond, cond_mask, noise=noise, **cfg)
+
+    @staticmethod
+    def initial_noise(shape: Sequence[int], seed: int | Sequence[int] | None = None) -> torch.Tensor:
+        """Standard normal CPU noise of ``shape`` (B, ...) for a ``sample`` seed (an int, B ints, or None)."""
+        shape = tuple(int(n) for n in shape)
+        if seed is None or isinstance(seed, (int, np.integer)):
+            gen = torch.Generator(device="cpu").manual_seed(int(seed)) if seed is not None else None
+            return torch.randn(shape, generator=gen)
+        seeds = [int(s) for s in seed]
+        if len(seeds) != shape[0]:
+            raise ValueError(f"seed: expected one seed per batch row ({shape[0]}), got {len(seeds)}")
+        if not seeds:
+            return torch.empty(shape)
+        gen = torch.Generator(device="cpu")
+        return torch.cat([torch.randn((1, *shape[1:]), generator=gen.manual_seed(s)) for s in seeds])
 
     def policy_condition(self, current_images: torch.Tensor, proprio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Observation -> (latents with the policy's conditioning frames filled, condition mask (B, T))."""
@@ -254,7 +279,7 @@ class CosmosPolicyModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, current_images: torch.Tensor, proprio: torch.Tensor, instructions: list[str],
-                num_steps: int | None = None, seed: int | None = None) -> dict[str, torch.Tensor]:
+                num_steps: int | None = None, seed: int | Sequence[int] | None = None) -> dict[str, torch.Tensor]:
         """Direct policy (parallel decoding): normalized observation -> ``read_outputs`` of one sample + ``latents``.
 
         Args:
@@ -269,14 +294,14 @@ class CosmosPolicyModel(nn.Module):
 
     @torch.no_grad()
     def imagine(self, latents: torch.Tensor, instructions: list[str], num_steps: int | None = None,
-                seed: int | None = None) -> torch.Tensor:
+                seed: int | Sequence[int] | None = None) -> torch.Tensor:
         """World model: latents whose policy prefix and action frame are set -> sampled future frames (B, C, T, h, w)."""
         text = self.text_encoder(instructions)
         return self.sample(latents, self.condition_mask(WORLD_MODEL, latents.shape[0]), text, num_steps=num_steps, seed=seed)
 
     @torch.no_grad()
     def value(self, latents: torch.Tensor, instructions: list[str], num_steps: int | None = None,
-              seed: int | None = None) -> torch.Tensor:
+              seed: int | Sequence[int] | None = None) -> torch.Tensor:
         """Value function: latents with the future state set -> predicted value (B,) in [0, 1]."""
         if not self.layout.has_value:
             raise ConfigError("model.value_head: this model has no value frame (model/value_head=frame)")

@@ -1,6 +1,7 @@
 """Checkpoints: files written before the model object existed still load and act the same, today's files round-trip,
 loading is weights-only unless trusted, and unreadable files are one clear error."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -46,9 +47,16 @@ def test_v0_checkpoint_acts_as_when_it_was_written():
     expected = json.loads(EXPECTED.read_text())
     observations = _fixture_script().fixture_observations()
     policy = CosmosPolicy.from_checkpoint(str(FIXTURE), num_steps=expected["num_steps"], seed=expected["seed"])
+    official = policy(observations)["actions"]
+    # the record was written with 2 steps as two evaluations; the official step count makes 2 steps one evaluation
+    # (exactly 1 step), so the record is reproduced with the former count, which the sampling config still offers
+    policy.model.sampling = dataclasses.replace(policy.model.sampling, official_step_count=False)
+    policy.reset()
     actions = policy(observations)["actions"]
     assert actions.shape == (2, 50, 14)
     np.testing.assert_allclose(actions, np.asarray(expected["actions"], np.float32), atol=1e-5, rtol=0)
+    one_step = CosmosPolicy.from_checkpoint(str(FIXTURE), num_steps=1, seed=expected["seed"])(observations)["actions"]
+    np.testing.assert_array_equal(official, one_step)
 
 
 def test_v0_checkpoint_loads_as_a_task_that_samples_with_the_ema_backbone():
@@ -77,6 +85,7 @@ def test_v0_checkpoint_loads_as_a_task_that_samples_with_the_ema_backbone():
         assert torch.equal(v, trained[k]), k
 
     expected = json.loads(EXPECTED.read_text())
+    inference.sampling = dataclasses.replace(inference.sampling, official_step_count=False)  # as the record's
     policy = CosmosPolicy(inference, num_steps=expected["num_steps"])
     actions = policy(_fixture_script().fixture_observations())["actions"]
     np.testing.assert_allclose(actions, np.asarray(expected["actions"], np.float32), atol=1e-5, rtol=0)

@@ -123,3 +123,37 @@ def test_loss_zero_on_conditioning_frames_and_counts_them():
     gen = (1 - mask)[:, None, :, None, None].expand_as(x0)
     expect = 10 * ((noise - x0) ** 2 * gen).sum() / x0.numel()
     assert torch.allclose(loss, expect, rtol=1e-4)
+
+
+def test_two_steps_is_the_single_evaluation_case_as_the_official_sampler_counts():
+    """The official sampler decrements the requested count first: 2 steps == 1 step == D(σ_max·ε, σ_max); n >= 3 is
+    n evaluations (n − 1 solver steps + the final clean D at σ_min)."""
+    calls = []
+
+    def counting(net_in, timesteps, cond_mask):
+        calls.append(timesteps.clone())
+        return 0.3 * net_in
+
+    eps = torch.randn(2, 3, 4, 2, 2)
+    x0c = torch.randn_like(eps)
+    mask = torch.tensor([[1.0, 0, 0, 0], [1.0, 1, 0, 0]])
+    one = diffusion.sample(counting, x0c, mask, num_steps=1, noise=eps)
+    two = diffusion.sample(counting, x0c, mask, num_steps=2, noise=eps)
+    assert torch.equal(one, two)
+    for n, expected in ((1, 1), (2, 1), (3, 3), (5, 5)):
+        calls.clear()
+        diffusion.sample(counting, x0c, mask, num_steps=n, noise=eps)
+        assert len(calls) == expected == diffusion.network_evaluations(n)
+    # 1 and 2 steps: the one evaluation is at σ_max (t = 80/81 on generated frames)
+    calls.clear()
+    diffusion.sample(counting, x0c, mask, num_steps=2, noise=eps)
+    assert torch.allclose(calls[0][0, 1:], torch.full((3,), 80 / 81))
+    # 3 steps: two solver steps on the grid 80 -> 4 (80, 17.89, 4), then D at σ_min = 4
+    calls.clear()
+    diffusion.sample(counting, x0c, mask, num_steps=3, noise=eps)
+    sig = [t[0, -1].item() / (1 - t[0, -1].item()) for t in calls]
+    assert [round(s, 2) for s in sig] == [round(s, 2) for s in diffusion.karras_sigmas(2).tolist()[:2]] + [4.0]
+    # the non-official count gives 2 steps its own meaning: one solver step + the final D
+    calls.clear()
+    diffusion.sample(counting, x0c, mask, num_steps=2, noise=eps, official_step_count=False)
+    assert len(calls) == 2 == diffusion.network_evaluations(2, official_step_count=False)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from cosmos_lit.diffusion import network_evaluations
 from cosmos_lit.layout import POLICY, VALUE, WORLD_MODEL
 from cosmos_lit.model import CosmosPolicyModel
 from cosmos_lit.policy import CosmosPolicy
@@ -92,7 +93,7 @@ def test_seeded_predictions_are_deterministic_and_num_steps_defaults_to_sampling
     assert torch.equal(model.predict(images, proprio, INSTRUCTIONS, num_steps=2, seed=3)["latents"], a["latents"])
     with _Calls(model) as calls:
         model.predict(images, proprio, INSTRUCTIONS, seed=3)
-    assert calls.n == model.sampling.num_steps == 2  # one network evaluation per step
+    assert model.sampling.num_steps == 2 and calls.n == 1  # 2 steps: the official single-evaluation case
     with _Calls(model) as calls:
         model.predict(images, proprio, INSTRUCTIONS, num_steps=3, seed=3)
     assert calls.n == 3
@@ -139,7 +140,7 @@ def test_with_backbone_shares_every_other_component_and_samples_with_the_given_b
     images, proprio = _inputs()
     with _Calls(view) as on_other, _Calls(model) as on_original:
         out = view.predict(images, proprio, INSTRUCTIONS, seed=0)["actions"]
-    assert on_other.n == 2 and on_original.n == 0
+    assert on_other.n == 1 and on_original.n == 0  # 2 steps: one evaluation
     # the same as a model that holds those backbone weights
     ref = _model()
     ref.backbone.load_state_dict(other.state_dict())
@@ -196,12 +197,12 @@ def test_config_errors_are_one_line():
 
 
 def test_best_of_n_picks_the_highest_scoring_candidate_and_keeps_candidate_0_on_ties():
-    """The scorer is scripted: candidate i's imagined futures all get the value ``scripted[i]`` (per batch row)."""
+    """The scorer is scripted: candidate i's imagined futures all get the value ``scripted[b, i]`` (observation b)."""
     model = _model()
     images, proprio = _inputs()
     # row 0: candidate 2 is best; row 1: candidates 0 and 1 tie at the top -> candidate 0 is kept
     scripted = torch.tensor([[0.2, 0.5, 0.9], [0.6, 0.6, 0.3]])
-    candidates: list[torch.Tensor] = []
+    candidates: list[torch.Tensor] = []  # the policy samples' rows, in (observation, candidate) order
     real_sample = model.sample
 
     def recording_sample(*args, **kwargs):
@@ -209,9 +210,10 @@ def test_best_of_n_picks_the_highest_scoring_candidate_and_keeps_candidate_0_on_
         candidates.append(out)
         return out
 
-    def scripted_read(frame: torch.Tensor) -> torch.Tensor:
-        (i,) = [i for i, c in enumerate(candidates) if torch.equal(c[:, :, model.layout.value], frame)]
-        return scripted[:, i]
+    def scripted_read(frames: torch.Tensor) -> torch.Tensor:
+        rows = torch.cat(candidates)[:, :, model.layout.value]
+        idx = [next(r for r in range(len(rows)) if torch.equal(rows[r], f)) for f in frames]
+        return scripted.flatten()[idx]
 
     scorer = SimpleNamespace(text_encoder=model.text_encoder, condition_mask=model.condition_mask, layout=model.layout,
                              sample=lambda latents, *a, **k: latents,  # identity: futures and values = the candidate
@@ -221,16 +223,19 @@ def test_best_of_n_picks_the_highest_scoring_candidate_and_keeps_candidate_0_on_
     planner._scorer = lambda m: scorer
     model.sample = recording_sample
     out = planner.plan(model, images, proprio, INSTRUCTIONS, seed=10)
-    assert len(candidates) == 3
+    assert len(candidates) == 1  # all 2 x 3 candidates in one batched policy sample
+    cands = torch.cat(candidates).view(2, 3, *candidates[0].shape[1:])
     assert torch.allclose(out["plan_scores"], scripted)
     assert out["plan_choice"].tolist() == [2, 0]
     for row, i in enumerate(out["plan_choice"].tolist()):
-        assert torch.equal(out["latents"][row], candidates[i][row])
-        assert torch.equal(out["actions"][row], model.read_outputs(candidates[i])["actions"][row])
-    # candidate i is the policy's own sample with seed + i
+        assert torch.equal(out["latents"][row], cands[row, i])
+        assert torch.equal(out["actions"][row], model.read_outputs(cands[:, i])["actions"][row])
+        assert torch.equal(out["candidate_actions"][row], model.read_outputs(cands[row])["actions"])
+    # candidate i is the policy's own sample with seed + i (per observation row)
     del model.sample
-    for i, c in enumerate(candidates):
-        assert torch.equal(model.predict(images, proprio, INSTRUCTIONS, num_steps=2, seed=10 + i)["latents"], c)
+    for i in range(3):
+        alone = model.predict(images, proprio, INSTRUCTIONS, num_steps=2, seed=[10 + i] * 2)["latents"]
+        assert torch.allclose(alone, cands[:, i], atol=1e-5)  # batched GEMMs round differently
     # a strictly better candidate does replace candidate 0
     scripted[1] = torch.tensor([0.6, 0.61, 0.3])
     candidates.clear()
@@ -258,15 +263,15 @@ def test_planners_take_num_steps_per_call():
     for steps in (None, 1, 3):
         with _Calls(model) as calls:
             out = direct.plan(model, images, proprio, INSTRUCTIONS, seed=4, num_steps=steps)
-        assert calls.n == (steps or model.sampling.num_steps)
+        assert calls.n == network_evaluations(steps or model.sampling.num_steps)
         ref = model.predict(images, proprio, INSTRUCTIONS, num_steps=steps, seed=4)
         assert torch.equal(out["actions"], ref["actions"]) and torch.equal(out["latents"], ref["latents"])
     best = build({"name": "best_of_n", "num_candidates": 2, "num_futures": 1, "num_values": 1, "action_steps": 3,
                   "future_steps": [1], "value_steps": [1]}, "planner")
-    for steps, per_candidate in ((None, 3), (2, 2)):  # action_steps when the call passes none
+    for steps, action_evaluations in ((None, 3), (2, 1)):  # action_steps when the call passes none
         with _Calls(model) as calls:
             best.plan(model, images, proprio, INSTRUCTIONS, seed=0, num_steps=steps)
-        assert calls.n == 2 * (per_candidate + 1 + 1)  # policy sample + one future + one value per candidate
+        assert calls.n == action_evaluations + 1 + 1  # batched: all candidates' policy sample, future, value
     assert best.action_steps == 3
 
 
@@ -278,16 +283,15 @@ def test_policy_num_steps_is_passed_per_query_and_does_not_stick_to_the_planner(
     before = _simple_attributes(planner)
     obs = [{"images": {c: np.full((40, 48, 3), 30 * i, np.uint8) for c in SPEC.cameras},
             "proprio": np.full(4, 0.25 * i, np.float32), "instruction": "stack the blocks"} for i in range(2)]
-    per_query = planner_node.get("num_candidates", 1)
-    extra = 2 * per_query if planner_node["name"] == "best_of_n" else 0  # the scoring samples (1 step each)
+    extra = 2 if planner_node["name"] == "best_of_n" else 0  # the scoring samples (1 step each), batched
     policy = CosmosPolicy(model, planner=planner, num_steps=3)
     assert policy.planner is planner
     with _Calls(model) as calls:
         out = policy(obs)
-    assert calls.n == per_query * 3 + extra and out["actions"].shape == (2, 8, 3)
+    assert calls.n == 3 + extra and out["actions"].shape == (2, 8, 3)  # the candidates run as one batch
     assert _simple_attributes(planner) == before and not hasattr(planner, "num_steps")
     default_steps = planner_node.get("action_steps", model.sampling.num_steps)
     with _Calls(model) as calls:
         CosmosPolicy(model, planner=planner)(obs)  # the same planner, no num_steps: its own default again
-    assert calls.n == per_query * default_steps + extra
+    assert calls.n == network_evaluations(default_steps) + extra
     assert _simple_attributes(planner) == before

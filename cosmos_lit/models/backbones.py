@@ -10,6 +10,7 @@
 Named configurations (timm-style factory functions): ``cosmos_predict2_2b`` is the exact 2B Video2World network
 (docs/method.md#backbone, 1,956,413,440 parameters); ``cosmos_predict2_tiny`` the same architecture at toy size.
 The released nets have fps modulation off, so ``fps=None`` is passed; the padding mask is zeros (no padding).
+The attention q/k RMSNorms get the official epsilon 1e-6 (diffusers builds them with 1e-5; ``set_qk_norm_eps``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,25 @@ COSMOS_PREDICT2_2B: dict[str, Any] = COSMOS_PREDICT2_2B_V2W
 COSMOS_PREDICT2_TINY: dict[str, Any] = dict(
     COSMOS_PREDICT2_2B, num_attention_heads=2, attention_head_dim=32, num_layers=2, text_embed_dim=32, adaln_lora_dim=16
 )
+
+# The official network's q/k RMSNorm epsilon; the released weights were trained with it. diffusers' attention
+# builds its ``norm_q`` / ``norm_k`` with its default 1e-5 (its image-context q/k norms already use 1e-6).
+QK_NORM_EPS = 1e-6
+QK_NORM_NAMES = ("norm_q", "norm_k", "norm_added_q", "norm_added_k")
+
+
+def set_qk_norm_eps(net: torch.nn.Module, eps: float = QK_NORM_EPS) -> int:
+    """Set ``eps`` on every q/k RMSNorm of the attention layers of ``net``; returns how many were set."""
+    from diffusers.models.normalization import RMSNorm
+
+    count = 0
+    for module in net.modules():
+        for name in QK_NORM_NAMES:
+            norm = getattr(module, name, None)
+            if isinstance(norm, (RMSNorm, torch.nn.RMSNorm)):
+                norm.eps = eps
+                count += 1
+    return count
 
 
 class BackboneAdapter(L.LightningModule):
@@ -71,6 +91,9 @@ class BackboneAdapter(L.LightningModule):
         ctx = torch.device("meta") if (meta_init or pretrained) else contextlib.nullcontext()
         with ctx:
             self.net = CosmosTransformer3DModel(**cfg)
+        if not set_qk_norm_eps(self.net):  # the official 1e-6, not diffusers' 1e-5
+            raise RuntimeError("backbone: found no q/k RMSNorm (norm_q / norm_k) in the diffusers Cosmos transformer; "
+                               "the installed diffusers version has a layout this adapter does not know")
         if self.net.learnable_pos_embed is not None and not (meta_init or pretrained):
             self._init_learnable_pos_embed()
         if pretrained:

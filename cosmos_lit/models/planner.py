@@ -7,6 +7,8 @@
   frame conditioning), aggregate the ensemble, and execute the best candidate's chunk. Step counts per stage follow
   the official autoregressive decoding (linspace(1, 5, futures) / linspace(1, 5, values) by default).
   A separate planning model (the rollout-fine-tuned checkpoint) can score the candidates: ``planning_checkpoint``.
+  All candidates, futures and values of a batch of observations run as batched samples (rows bounded by
+  ``micro_batch``), with one seed per row, so batching never changes the plan.
 
 A planner is a LightningModule so it can run alone through ``predict_step`` on batches of observations, given the
 model it plans with (``planner.attach(model)``). It talks to the model only (``cosmos_lit.model``), never to a task.
@@ -14,36 +16,55 @@ model it plans with (``planner.attach(model)``). It talks to the model only (``c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 
-from cosmos_lit.layout import VALUE, WORLD_MODEL
+from cosmos_lit import diffusion
+from cosmos_lit.layout import POLICY, VALUE, WORLD_MODEL
 from cosmos_lit.model import CosmosPolicyModel
 from cosmos_lit.registry import ConfigError, register
 
+AGGREGATIONS = ("majority_mean", "average", "lcb", "success_vote")
+
 
 def aggregate_values(values: torch.Tensor, scheme: str = "majority_mean", threshold: float = 0.05) -> torch.Tensor:
-    """Aggregate an ensemble of [0, 1] values (B, E) -> (B,).
+    """Aggregate an ensemble of [0, 1] values (B, E) -> (B,) float32, as the official ``aggregate_value_predictions``.
 
-    ``majority_mean``: if at least half the predictions exceed ``threshold``, the mean of those, else 0.
-    ``average``: mean. ``lcb``: mean − std. ``success_vote``: fraction above ``threshold``.
+    Values and ``threshold`` are compared in float32 (both are cast first, as the official code compares a float32
+    tensor with a Python float); a success is a value strictly above the threshold (one exactly at it is not).
+
+    - ``majority_mean``: if the fraction of successes is >= 0.5, the mean of the successful values, else 0;
+    - ``average``: the mean;
+    - ``lcb``: mean − sample std (Bessel's correction, N − 1, as ``torch.std``); needs E >= 2 (a one-member
+      ensemble has no sample std: NaN in the official code, a ValueError here);
+    - ``success_vote``: the fraction of successes.
+
+    Every result is clamped to [0, 1].
     """
-    if scheme == "average":
-        out = values.mean(dim=1)
-    elif scheme == "lcb":
-        out = values.mean(dim=1) - values.std(dim=1, unbiased=False)
-    elif scheme == "success_vote":
-        out = (values > threshold).float().mean(dim=1)
-    elif scheme == "majority_mean":
-        ok = values > threshold
-        frac = ok.float().mean(dim=1)
-        mean_ok = (values * ok).sum(dim=1) / ok.sum(dim=1).clamp_min(1)
-        out = torch.where(frac >= 0.5, mean_ok, torch.zeros_like(mean_ok))
-    else:
+    if scheme not in AGGREGATIONS:
         raise ConfigError(f"planner.aggregation: unknown scheme '{scheme}'; expected majority_mean, average, lcb or success_vote")
+    if values.ndim != 2 or values.shape[1] < 1:
+        raise ValueError(f"aggregate_values: expected values of shape (B, E) with E >= 1, got {tuple(values.shape)}")
+    v = values.to(torch.float32)
+    thr = torch.tensor(threshold, dtype=torch.float32, device=v.device)
+    ok = v > thr
+    if scheme == "average":
+        out = v.mean(dim=1)
+    elif scheme == "lcb":
+        if v.shape[1] < 2:
+            raise ValueError("aggregate_values: 'lcb' needs an ensemble of at least 2 values (the sample std of one is "
+                             "undefined); got 1")
+        out = v.mean(dim=1) - v.std(dim=1, correction=1)
+    elif scheme == "success_vote":
+        out = ok.to(torch.float32).mean(dim=1)
+    else:  # majority_mean
+        n_ok = ok.to(torch.float32).sum(dim=1)
+        mean_ok = torch.where(ok, v, torch.zeros_like(v)).sum(dim=1) / n_ok.clamp(min=1.0)
+        out = torch.where(n_ok / v.shape[1] >= 0.5, mean_ok, torch.zeros_like(mean_ok))
     return out.clamp(0.0, 1.0)
 
 
@@ -86,7 +107,14 @@ class DirectPolicy(Planner):
 
 @register("planner", "best_of_n")
 class BestOfN(Planner):
-    """Best-of-N over imagined futures and values (V(s') by default).
+    """Best-of-N over imagined futures and values (V(s') by default), batched.
+
+    The N candidates of all B observations are one batch of B·N rows for the policy sample; their N·F futures and
+    N·F·V values are batches of rows too, one sampler run per distinct step count of a stage, each run split into
+    network forwards of at most ``micro_batch`` rows. Every row draws its noise from its own seed (official seeds:
+    candidate i: seed + i; future j of it: seed + i + j; value k of that future: seed + i + j + k), so the result
+    does not depend on the batching: it equals the loop over observations and candidates with one sample each, and
+    ``micro_batch`` only trades memory for speed.
 
     Args:
         num_candidates: N action chunks sampled from the policy.
@@ -94,10 +122,13 @@ class BestOfN(Planner):
         num_values: value samples per future.
         action_steps: denoising steps of the policy sample when a call passes none (10 in the official planning
             setting); a per-call ``num_steps`` (``eval.num_steps``) wins.
-        future_steps / value_steps: step counts per ensemble member; default linspace(1, 5, n) as the official code.
-        aggregation: value ensemble aggregation (see ``aggregate_values``).
+        future_steps / value_steps: step counts per ensemble member; default linspace(1, 5, n) cast to int, as the
+            official code ([1, 3, 5] for 3 futures, [1, 2, 3, 4, 5] for 5 values).
+        aggregation: value ensemble aggregation (see ``aggregate_values``); ``lcb`` needs num_futures·num_values >= 2.
+        threshold: success threshold of ``majority_mean`` / ``success_vote`` on the [0, 1] value scale.
         keep_base_unless_better: execute candidate 0 unless another is strictly better ("seed switching").
         planning_checkpoint: optional path of a separate (rollout-fine-tuned) model used for futures and values.
+        micro_batch: most rows per network forward (bounds the memory of a plan); null: all rows of a run at once.
     """
 
     def __init__(
@@ -112,11 +143,18 @@ class BestOfN(Planner):
         threshold: float = 0.05,
         keep_base_unless_better: bool = True,
         planning_checkpoint: str | None = None,
+        micro_batch: int | None = 32,
     ):
         super().__init__()
         if num_candidates < 1 or num_futures < 1 or num_values < 1:
             raise ConfigError("planner: num_candidates, num_futures and num_values must be >= 1")
         aggregate_values(torch.zeros(1, 2), aggregation)  # validate the scheme name early
+        if aggregation == "lcb" and num_futures * num_values < 2:
+            raise ConfigError(f"planner.aggregation: 'lcb' needs an ensemble of at least 2 values, got num_futures x "
+                              f"num_values = {num_futures} x {num_values} = 1; raise planner.num_futures or "
+                              "planner.num_values, or choose planner.aggregation=majority_mean, average or success_vote")
+        if micro_batch is not None and (isinstance(micro_batch, bool) or int(micro_batch) != micro_batch or micro_batch < 1):
+            raise ConfigError(f"planner.micro_batch: expected an integer >= 1 or null, got {micro_batch!r}")
         self.num_candidates = num_candidates
         self.num_futures = num_futures
         self.num_values = num_values
@@ -125,10 +163,13 @@ class BestOfN(Planner):
         self.value_steps = list(value_steps) if value_steps else np.linspace(1, 5, num_values).astype(int).tolist()
         if len(self.future_steps) != num_futures or len(self.value_steps) != num_values:
             raise ConfigError("planner.future_steps / value_steps: one step count per ensemble member expected")
+        if any(int(n) < 1 for n in (action_steps, *self.future_steps, *self.value_steps)):
+            raise ConfigError("planner.action_steps / future_steps / value_steps: step counts must be >= 1")
         self.aggregation = aggregation
         self.threshold = threshold
         self.keep_base_unless_better = keep_base_unless_better
         self.planning_checkpoint = planning_checkpoint
+        self.micro_batch = None if micro_batch is None else int(micro_batch)
         self._planning_model: CosmosPolicyModel | None = None
 
     def _scorer(self, model: CosmosPolicyModel) -> CosmosPolicyModel:
@@ -141,33 +182,89 @@ class BestOfN(Planner):
             self._planning_model = load_model(self.planning_checkpoint, map_location=model.device)
         return self._planning_model
 
+    def _run(self, model: CosmosPolicyModel, source: torch.Tensor, rows: torch.Tensor, sample_type: int,
+             text: torch.Tensor, text_rows: torch.Tensor, num_steps: int, seeds: list[int],
+             read: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Sample ``source[rows]`` (conditioning frames of ``sample_type``) with text ``text[text_rows]`` and one
+        seed per row, in forwards of at most ``micro_batch`` rows; ``read`` reduces each chunk's latents."""
+        step = self.micro_batch or max(len(rows), 1)
+        out = []
+        for start in range(0, len(rows), step):
+            r = rows[start:start + step]
+            lat = model.sample(source[r], model.condition_mask(sample_type, len(r)), text[text_rows[start:start + step]],
+                               num_steps=num_steps, seed=seeds[start:start + step])
+            out.append(read(lat) if read is not None else lat)
+        return torch.cat(out)
+
+    def _stage(self, model: CosmosPolicyModel, source: torch.Tensor, sample_type: int, text: torch.Tensor,
+               members: list[int], seed_of: Callable[[int, int], int], outer: int, per_obs: int,
+               read: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """One stage over rows (o, m): ``outer`` source rows o (B·N candidates, or B·N·F futures) × ``len(members)``
+        ensemble members m with step counts ``members[m]``; source row o belongs to observation o // ``per_obs``.
+        Members whose step counts make the same number of network evaluations share runs. Returns the (outer·M, ...)
+        results in (o, m) order."""
+        m_count = len(members)
+        result: torch.Tensor | None = None
+        groups: dict[int, list[int]] = {}
+        for m, n in enumerate(members):
+            groups.setdefault(diffusion.network_evaluations(int(n)), []).append(m)
+        for ms in groups.values():
+            steps = min(int(members[m]) for m in ms)  # same evaluations (1 and 2 steps are one evaluation)
+            o = torch.arange(outer).repeat_interleave(len(ms))
+            mm = torch.tensor(ms).repeat(outer)
+            flat = (o * m_count + mm).to(source.device)
+            seeds = [seed_of(int(a), int(b)) for a, b in zip(o, mm)]
+            part = self._run(model, source, o.to(source.device), sample_type, text,
+                             (o // per_obs).to(text.device), steps, seeds, read)
+            if result is None:
+                result = part.new_empty((outer * m_count, *part.shape[1:]))
+            result[flat] = part
+        assert result is not None
+        return result
+
     @torch.no_grad()
     def plan(self, model: CosmosPolicyModel, current_images: torch.Tensor, proprio: torch.Tensor, instructions: list[str],
              seed: int = 0, num_steps: int | None = None) -> dict[str, torch.Tensor]:
+        """Plan for B observations.
+
+        Returns ``model.read_outputs`` of the chosen candidate (``actions`` (B, K, A) normalized, ...) and
+            latents            (B, C, T, h, w)        the chosen candidate's sampled latents
+            plan_scores        (B, N) float32         aggregated value of each candidate, in [0, 1]
+            plan_choice        (B,) long              index of the executed candidate
+            candidate_actions  (B, N, K, A)           normalized action chunks of all candidates
+            candidate_values   (B, N, F·V) float32    raw ensemble values in [0, 1] (future j, value k at j·V + k)
+            candidate_futures  (B, N, F, C, T, h, w)  world-model latents of each candidate's imagined futures (the
+                                                      scorer's; decode with ``decode_future_images``)
+        with N = num_candidates, F = num_futures, V = num_values.
+        """
         if not model.layout.has_value:
             raise ConfigError("planner=best_of_n needs a value frame (model/value_head=frame)")
         scorer = self._scorer(model)
         b = proprio.shape[0]
+        n, f, v = self.num_candidates, self.num_futures, self.num_values
         text = model.text_encoder(instructions)
         s_text = scorer.text_encoder(instructions)
-        cond, mask = model.policy_condition(current_images, proprio)
-        wm_mask = scorer.condition_mask(WORLD_MODEL, b)  # policy prefix + the sampled action frame are clean
-        v_mask = scorer.condition_mask(VALUE, b)
+        cond, _ = model.policy_condition(current_images, proprio)
         steps = self.action_steps if num_steps is None else num_steps
-        cand_latents, cand_scores = [], []
-        for i in range(self.num_candidates):
-            latents = model.sample(cond, mask, text, num_steps=steps, seed=seed + i)
-            vals = []
-            for j, f_steps in enumerate(self.future_steps):
-                fut = scorer.sample(latents, wm_mask, s_text, num_steps=f_steps, seed=seed + i + j)
-                for k, v_steps in enumerate(self.value_steps):
-                    val_lat = scorer.sample(fut, v_mask, s_text, num_steps=v_steps, seed=seed + i + j + k)
-                    vals.append(scorer.value_head.read(val_lat[:, :, scorer.layout.value]))
-            cand_scores.append(aggregate_values(torch.stack(vals, dim=1), self.aggregation, self.threshold))
-            cand_latents.append(latents)
-        scores = torch.stack(cand_scores, dim=1)  # (B, N)
-        best = scores.argmax(dim=1)
+        # rows (b, i): candidate i of observation b, seed + i
+        cands = self._stage(model, cond, POLICY, text, [steps] * n, lambda o, i: seed + i, outer=b, per_obs=1)
+        # rows (b, i, j): future j of candidate i, seed + i + j
+        futures = self._stage(scorer, cands, WORLD_MODEL, s_text, self.future_steps,
+                              lambda o, j: seed + o % n + j, outer=b * n, per_obs=n)
+        # rows (b, i, j, k): value k of future j, seed + i + j + k
+        values = self._stage(scorer, futures, VALUE, s_text, self.value_steps,
+                             lambda o, k: seed + (o // f) % n + o % f + k, outer=b * n * f, per_obs=n * f,
+                             read=lambda lat: scorer.value_head.read(lat[:, :, scorer.layout.value]))
+        values = values.view(b, n, f * v).to(torch.float32)
+        scores = aggregate_values(values.reshape(b * n, f * v), self.aggregation, self.threshold).view(b, n)
+        scores = scores.to(cands.device)
+        best = scores.argmax(dim=1)  # the first of equal maxima
         if self.keep_base_unless_better:
             best = torch.where(scores.gather(1, best[:, None])[:, 0] > scores[:, 0], best, torch.zeros_like(best))
-        latents = torch.stack(cand_latents, dim=1)[torch.arange(b, device=best.device), best]
-        return {**model.read_outputs(latents), "latents": latents, "plan_scores": scores, "plan_choice": best}
+        cands = cands.view(b, n, *cands.shape[1:])
+        latents = cands[torch.arange(b, device=best.device), best]
+        spec = model.spec
+        actions = model.read_outputs(cands.flatten(0, 1))["actions"].view(b, n, spec.chunk_size, spec.action_dim)
+        return {**model.read_outputs(latents), "latents": latents, "plan_scores": scores, "plan_choice": best.long(),
+                "candidate_actions": actions, "candidate_values": values.to(cands.device),
+                "candidate_futures": futures.view(b, n, f, *futures.shape[1:])}
