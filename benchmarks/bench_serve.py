@@ -1,8 +1,10 @@
 """Loopback load test of ``python -m cosmos_lit serve``: N concurrent clients against in-process calls, same run.
 
-The server runs as its own process (the ``serve`` verb, exactly as deployed) on 127.0.0.1; the clients are threads
-of this process, each sending a fixed number of requests one after the other (closed loop: a client sends its next
-observation when the previous answer is back, as a robot does). For every N in ``--clients`` it reports the
+The server runs as its own process (the ``serve`` verb with ``front=both``, exactly as deployed) on 127.0.0.1; the
+clients are threads of this process, each sending a fixed number of requests one after the other (closed loop: a
+client sends its next observation when the previous answer is back, as a robot does), over openpi's WebSocket wire
+(``cosmos_lit.client``) or the official ``POST /act`` front (json-numpy bodies on a keep-alive HTTP connection per
+client, the official response with its future images). For every front and N in ``--clients`` it reports the
 client-side latency (p50/p99, request sent -> answer decoded), the throughput (requests / wall time) and the mean
 batch the server formed. The in-process rows are ``policy([obs] * B)`` calls in this process with the same
 checkpoint and settings, measured before the server starts (so the two never share the CPU):
@@ -73,9 +75,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "cosmos_lit", "serve", f"ckpt_path={args.ckpt}", f"port={port}", f"device={args.device}",
-           f"max_batch={args.max_batch}", f"batch_wait_ms={args.batch_wait_ms}", "log_level=warning"]
+def start_server(args: argparse.Namespace, port: int, http_port: int, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "cosmos_lit", "serve", f"ckpt_path={args.ckpt}", "front=both", f"port={port}",
+           f"http_port={http_port}", f"device={args.device}", f"max_batch={args.max_batch}",
+           f"batch_wait_ms={args.batch_wait_ms}", "log_level=warning", *extra]
     if args.num_steps:
         cmd.append(f"num_steps={args.num_steps}")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -93,10 +96,43 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     raise TimeoutError("the server did not come up within 300 s")
 
 
-def served_row(args: argparse.Namespace, port: int, spec, n: int, deadline: float) -> tuple:
+class ActClient:
+    """``POST /act`` in the official request format on one keep-alive connection; ``infer`` takes our observation."""
+
+    def __init__(self, port: int, timeout_s: float):
+        import http.client
+
+        import json_numpy
+
+        self._json = json_numpy
+        self._conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+        self.keys = self._call("GET", "/metadata")["http_keys"]
+
+    def _call(self, method: str, path: str, body: bytes | None = None) -> dict:
+        self._conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+        resp = self._conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {data[:200]!r}")
+        return self._json.loads(data)
+
+    def infer(self, obs: dict) -> dict:
+        request = {self.keys["images"][c]: img for c, img in obs["images"].items()}
+        request[self.keys["proprio"]] = obs["proprio"]
+        request[self.keys["instruction"]] = obs["instruction"]
+        return self._call("POST", "/act", self._json.dumps(request).encode())
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def served_row(args: argparse.Namespace, front: str, port: int, spec, n: int, deadline: float) -> tuple:
     from cosmos_lit.client import CosmosPolicyClient
 
-    clients = [CosmosPolicyClient("127.0.0.1", port, timeout_s=args.timeout_s) for _ in range(n)]
+    if front == "openpi":
+        clients: list = [CosmosPolicyClient("127.0.0.1", port, timeout_s=args.timeout_s) for _ in range(n)]
+    else:
+        clients = [ActClient(port, args.timeout_s) for _ in range(n)]
     for c in clients:  # one request each first: connections and first messages out of the measurement
         c.infer(observation(spec, 0))
     lat: list[list[float]] = [[] for _ in range(n)]
@@ -133,7 +169,10 @@ def served_row(args: argparse.Namespace, port: int, spec, n: int, deadline: floa
     if errors:
         print(f"  {n} clients: {len(errors)} errors, first: {errors[0]}", file=sys.stderr)
     p50, p99, thr = stats(flat, wall)
-    return ("server", f"{n} client{'s' if n > 1 else ''}", len(flat), p50, p99, thr, float(np.mean([b for bs in batches for b in bs])))
+    mode = {"openpi": "server, openpi WebSocket", "official_http": "server, official POST /act",
+            "official_http_no_images": "server, POST /act, http_future_images=false"}[front]
+    return (mode, f"{n} client{'s' if n > 1 else ''}", len(flat), p50, p99, thr,
+            float(np.mean([b for bs in batches for b in bs])))
 
 
 def main() -> int:
@@ -155,17 +194,22 @@ def main() -> int:
     from cosmos_lit.policy import CosmosPolicy
 
     spec = CosmosPolicy.from_checkpoint(args.ckpt).spec
-    port = free_port()
-    proc = start_server(args, port)
-    try:
-        for n in args.clients:
-            rows.append(served_row(args, port, spec, n, start + args.time_budget_s))
-    finally:
-        proc.terminate()
+    # the official front decodes the imagined next images for every answer (as NVIDIA's server): a VAE decode per
+    # query, measured as deployed and, from a second server, without it
+    for extra, fronts in (((), ("openpi", "official_http")), (("http_future_images=false",), ("official_http_no_images",))):
+        port, http_port = free_port(), free_port()
+        proc = start_server(args, port, http_port, *extra)
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            for front in fronts:
+                for n in args.clients:
+                    rows.append(served_row(args, front, port if front == "openpi" else http_port, spec, n,
+                                           start + args.time_budget_s))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     steps = args.num_steps or "model default"
     print(f"\n{Path(args.ckpt).name}: cameras {list(spec.cameras)} at {spec.image_size}², chunk {spec.chunk_size}x"
           f"{spec.action_dim}, num_steps {steps}, device {args.device}, torch threads {torch.get_num_threads()}, "

@@ -54,14 +54,18 @@ class CosmosPolicyClient:
         reproducible: send ``seed = metadata["seed"] + i`` with the i-th query since :meth:`reset` (or since
             connecting): the episode then draws the noise an in-process ``CosmosPolicy`` draws after ``reset()``,
             query for query. Such queries run unbatched on the server.
+        api_key: the server's API key, sent as ``Authorization: Api-Key <key>`` (as openpi's client does); a server
+            that refuses it raises ``PermissionError``.
 
     ``metadata``: the server's metadata message (spec, ``execute_steps``, ``seed``, key mapping, settings).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = 8000, timeout_s: float = 60.0,
-                 connect_timeout_s: float = 30.0, reproducible: bool = False, max_message_bytes: int | None = None):
+                 connect_timeout_s: float = 30.0, reproducible: bool = False, max_message_bytes: int | None = None,
+                 api_key: str | None = None):
         import time
 
+        from websockets.exceptions import InvalidStatus
         from websockets.sync.client import connect
 
         self.url = host if host.startswith(("ws://", "wss://")) else f"ws://{host}"
@@ -74,9 +78,15 @@ class CosmosPolicyClient:
         while True:
             try:
                 self._ws = connect(self.url, compression=None, max_size=max_message_bytes,
-                                   open_timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+                                   open_timeout=max(1.0, min(10.0, deadline - time.monotonic())),
+                                   additional_headers={"Authorization": f"Api-Key {api_key}"} if api_key else None)
                 self._ws.__enter__()  # what `with connect(...)` does (websockets >= 17.1 warns otherwise); closed by close()
                 break
+            except InvalidStatus as e:
+                if e.response.status_code == 401:
+                    raise PermissionError(f"{self.url} refused the connection: "
+                                          f"{'wrong API key' if api_key else 'it needs an API key (api_key=...)'}") from None
+                raise ConnectionError(f"{self.url} refused the connection with HTTP {e.response.status_code}") from None
             except (ConnectionRefusedError, TimeoutError, OSError):
                 if time.monotonic() >= deadline:
                     raise ConnectionError(f"no policy server answers at {self.url} (waited {connect_timeout_s} s)") from None

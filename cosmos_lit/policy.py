@@ -6,6 +6,8 @@ It wraps a ``CosmosPolicyModel`` (``cosmos_lit.model``) and a planner; it never 
     out = policy([obs_env0, obs_env1])        # obs: {"images": {camera: (H, W, 3) uint8}, "proprio": (P,), "instruction": str}
     out["actions"]                            # (B, K, A) float32 numpy, env units
     out["value"]                              # (B,) predicted V(s') in [0, 1] (when the layout has a value frame)
+    # with a planner that reports its candidates (best_of_n): "candidate_actions" (B, N, K, A) env units,
+    # "plan_scores" (B, N), "plan_choice" (B,), "candidate_futures" (B, N, F, C, T, H, W) latents (decode: imagine)
 
 Queries from several environments are batched into one forward. ``execute_steps`` says how many actions of each
 chunk the caller executes open loop before querying again (16 of 16 LIBERO, 16 of 32 RoboCasa, 50 of 50 ALOHA).
@@ -95,16 +97,28 @@ class CosmosPolicy:
         out = self.planner.plan(self.model, images, proprio_t, instructions, seed=self.seed + self.queries,
                                 num_steps=self.num_steps)
         self.queries += 1
-        actions = out["actions"].float().clamp(-1, 1) if self.clip_actions else out["actions"].float()
-        actions = self.model.unnormalize(actions.cpu().numpy(), "actions")
-        result: dict[str, Any] = {"actions": actions.astype(np.float32), "latents": out["latents"]}
+        result: dict[str, Any] = {"actions": self._env_actions(out["actions"]), "latents": out["latents"]}
         if "value" in out:
             result["value"] = out["value"].float().cpu().numpy()
+        if "candidate_actions" in out:  # a planner's candidates (cosmos_lit.models.planner.BestOfN)
+            result["candidate_actions"] = self._env_actions(out["candidate_actions"])
+            result["plan_scores"] = out["plan_scores"].float().cpu().numpy()
+            result["plan_choice"] = out["plan_choice"].cpu().numpy()
+            if "candidate_futures" in out:
+                result["candidate_futures"] = out["candidate_futures"]
         return result
+
+    def _env_actions(self, actions: torch.Tensor) -> np.ndarray:
+        """Normalized (..., K, A) -> env units float32 numpy (clamped to [-1, 1] first with ``clip_actions``)."""
+        actions = actions.float().clamp(-1, 1) if self.clip_actions else actions.float()
+        return self.model.unnormalize(actions.cpu().numpy(), "actions").astype(np.float32)
 
     def reset(self) -> None:
         self.queries = 0
 
     def imagine(self, latents: torch.Tensor) -> np.ndarray:
-        """Decode the predicted future camera images of a query's ``latents``: (B, N, S, S, 3) uint8."""
-        return self.model.decode_future_images(latents).cpu().numpy()
+        """Decode the predicted future camera images of latent sequences (..., C, T, H, W), e.g. a query's
+        ``latents`` (B, ...) or a planner's ``candidate_futures`` (B, N, F, ...): (..., cameras, S, S, 3) uint8."""
+        lead = tuple(latents.shape[:-4])
+        images = self.model.decode_future_images(latents.reshape(-1, *latents.shape[-4:])).cpu().numpy()
+        return images.reshape(*lead, *images.shape[1:])

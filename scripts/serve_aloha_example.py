@@ -4,12 +4,16 @@ Start a server first (it may run on another machine; then pass --host), then run
 
     python -m cosmos_lit serve ckpt_path=runs/.../last.ckpt port=8000 &
     python scripts/serve_aloha_example.py --port 8000 --seeds 100000 100001 100002
+    python -m cosmos_lit serve ckpt_path=runs/.../last.ckpt front=official_http &      # POST /act on 8777
+    python scripts/serve_aloha_example.py --client official --port 8777
 
-The simulator runs here, the policy there: every observation is sent over the WebSocket in openpi's ALOHA
-convention (``images/cam_high`` as (3, H, W) uint8, ``state`` (14,), ``prompt``) and the answer's action chunk is
-executed open loop (``OpenLoopChunker``, as many actions as the server returns: its ``execute_steps``), then the next
-observation is sent. With ``--client openpi`` the released ``openpi_client.WebsocketClientPolicy`` talks to the
-server instead of ours.
+The simulator runs here, the policy there. With the WebSocket clients (``--client cosmos``: ours, ``--client
+openpi``: the released ``openpi_client.WebsocketClientPolicy``) every observation is sent in openpi's ALOHA convention
+(``images/cam_high`` as (3, H, W) uint8, ``state`` (14,), ``prompt``); with ``--client official`` it is POSTed to
+``/act`` in the official Cosmos Policy request format (json-numpy body: ``primary_image`` (H, W, 3) uint8,
+``proprio``, ``task_description``: what NVIDIA's run_aloha_eval.py sends). The answer's action chunk is executed open
+loop (``OpenLoopChunker``, as many actions as the server returns: its ``execute_steps``), then the next observation is
+sent.
 
 Same result as the in-process evaluation: each query carries ``seed = server seed + i`` for the episode's i-th
 query (``CosmosPolicyClient(reproducible=True)``), which is the noise an in-process ``CosmosPolicy`` draws after
@@ -42,42 +46,98 @@ def openpi_observation(obs: dict[str, Any], image_keys: dict[str, str]) -> dict[
     return request
 
 
-class _OpenpiAdapter:
-    """``openpi_client.WebsocketClientPolicy`` behind our client's ``infer``/``reset``/``metadata``."""
+class _WebSocketClient:
+    """Our ``CosmosPolicyClient`` or openpi's ``WebsocketClientPolicy``, sent openpi-convention requests."""
 
-    def __init__(self, host: str, port: int, reproducible: bool):
-        from openpi_client.websocket_client_policy import WebsocketClientPolicy
+    def __init__(self, host: str, port: int, client: str, reproducible: bool, api_key: str | None = None):
+        if client == "openpi":
+            from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
-        self._policy = WebsocketClientPolicy(host=host, port=port)
-        self.metadata = self._policy.get_server_metadata()
+            self._policy: Any = WebsocketClientPolicy(host=host, port=port, api_key=api_key)
+            self.metadata = self._policy.get_server_metadata()
+        else:
+            from cosmos_lit.client import CosmosPolicyClient
+
+            self._policy = CosmosPolicyClient(host, port, api_key=api_key)
+            self.metadata = self._policy.metadata
+        self.client = client
         self.reproducible = reproducible
         self.queries = 0
+        cameras = list(self.metadata["spec"]["cameras"])
+        self._image_keys = {c: self.metadata["keys"]["images"][c][0] for c in cameras}  # the server's first: openpi's
 
-    def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
+    def act(self, obs: dict[str, Any]) -> dict[str, Any]:
+        """One query: ``{"actions": (k, A), "value": float (when the server sends one)}``."""
+        request = openpi_observation(obs, self._image_keys)
         if self.reproducible:
-            obs = {**obs, self.metadata["keys"]["seed"]: int(self.metadata["seed"]) + self.queries}
+            request[self.metadata["keys"]["seed"]] = int(self.metadata["seed"]) + self.queries
         self.queries += 1
-        return self._policy.infer(obs)
+        out = self._policy.infer(request)
+        return {"actions": np.asarray(out["actions"]), **({"value": float(out["value"])} if "value" in out else {})}
 
     def reset(self) -> None:
         self._policy.reset()
         self.queries = 0
 
     def close(self) -> None:
-        self._policy._ws.close()
+        if self.client == "openpi":
+            self._policy._ws.close()
+        else:
+            self._policy.close()
 
 
-def connect(host: str, port: int, client: str = "cosmos", reproducible: bool = True) -> Any:
-    if client == "openpi":
-        return _OpenpiAdapter(host, port, reproducible)
-    from cosmos_lit.client import CosmosPolicyClient
+class OfficialHttpClient:
+    """``POST /act`` in the official Cosmos Policy request format: a json-numpy JSON body of ``primary_image`` (H, W, 3)
+    uint8 (and the other cameras' keys of the server's ``GET /metadata`` ``http_keys``), ``proprio``,
+    ``task_description``; the answer's ``actions`` is a list of (A,) arrays, ``value_prediction`` a float."""
 
-    return CosmosPolicyClient(host, port, reproducible=reproducible)
+    def __init__(self, host: str, port: int, reproducible: bool, api_key: str | None = None, timeout_s: float = 120.0):
+        self.base = f"http://{host}:{port}"
+        self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+        self.timeout_s = timeout_s
+        self.metadata = self._call("GET", "/metadata")
+        self.reproducible = reproducible
+        self.queries = 0
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        import urllib.request
+
+        import json_numpy
+
+        data = None if body is None else json_numpy.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, headers=self.headers, method=method)
+        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+            return json_numpy.loads(resp.read())
+
+    def act(self, obs: dict[str, Any]) -> dict[str, Any]:
+        keys = self.metadata["http_keys"]
+        request: dict[str, Any] = {keys["images"][c]: np.asarray(obs["images"][c], np.uint8) for c in keys["images"]}
+        request[keys["proprio"]] = np.asarray(obs["proprio"], np.float32)
+        request[keys["instruction"]] = obs["instruction"]
+        if self.reproducible:
+            request["seed"] = int(self.metadata["seed"]) + self.queries
+        self.queries += 1
+        out = self._call("POST", "/act", request)
+        value = out.get("value_prediction")
+        return {"actions": np.stack(out["actions"]), **({"value": float(value)} if value is not None else {})}
+
+    def reset(self) -> None:
+        self.queries = 0
+
+    def close(self) -> None:
+        pass
+
+
+def connect(host: str, port: int, client: str = "cosmos", reproducible: bool = True, api_key: str | None = None) -> Any:
+    """A client with ``metadata``, ``act(env_obs) -> {"actions", "value"}``, ``reset()``, ``close()``."""
+    if client == "official":
+        return OfficialHttpClient(host, port, reproducible, api_key=api_key)
+    return _WebSocketClient(host, port, client, reproducible, api_key=api_key)
 
 
 def drive_episodes(client: Any, seeds: list[int], task: str = "transfer_cube", max_steps: int = 400,
                    fast_render: bool = True, verbose: bool = True) -> list[Any]:
-    """One episode per seed through ``client`` (``infer(obs) -> {"actions": (k, A)}``, ``reset()``, ``metadata``).
+    """One episode per seed through ``client`` (``act(env_obs) -> {"actions": (k, A)}``, ``reset()``, ``metadata``).
 
     The episode ends at success, when the env says done, or after ``max_steps`` steps (as ``run_episodes`` with
     ``max_steps``). Returns ``cosmos_lit.envs.base.EpisodeResult`` per seed."""
@@ -88,7 +148,6 @@ def drive_episodes(client: Any, seeds: list[int], task: str = "transfer_cube", m
     meta = client.metadata
     spec = meta["spec"]
     cameras = list(spec["cameras"])
-    image_keys = {c: meta["keys"]["images"][c][0] for c in cameras}  # the server's first key: openpi's (cam_high)
     env = AlohaSimEnv(task=task, cameras=tuple(cameras), image_size=int(spec["image_size"]), max_steps=max_steps,
                       fast_render=fast_render)
     results = []
@@ -102,7 +161,7 @@ def drive_episodes(client: Any, seeds: list[int], task: str = "transfer_cube", m
             values: list[float] = []
 
             def query(obs: dict[str, Any], values: list[float]) -> np.ndarray:
-                out = client.infer(openpi_observation(obs, image_keys))
+                out = client.act(obs)
                 if "value" in out:
                     values.append(float(out["value"]))
                 return out["actions"]
@@ -133,12 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[100000, 100001, 100002])
     p.add_argument("--task", default="transfer_cube", choices=["transfer_cube", "insertion"])
     p.add_argument("--max-steps", type=int, default=400, help="episode horizon (env steps of 0.02 s)")
-    p.add_argument("--client", default="cosmos", choices=["cosmos", "openpi"], help="our client or openpi-client's")
+    p.add_argument("--client", default="cosmos", choices=["cosmos", "openpi", "official"],
+                   help="our WebSocket client, openpi-client's, or POST /act in the official format")
+    p.add_argument("--api-key-file", help="a file holding the server's API key")
     p.add_argument("--no-reproducible", dest="reproducible", action="store_false",
                    help="let the server pick the noise (batched with other clients; not comparable to in-process)")
     p.add_argument("--json", help="write the per-episode results here")
     args = p.parse_args(argv)
-    client = connect(args.host, args.port, args.client, args.reproducible)
+    api_key = open(args.api_key_file).read().strip() if args.api_key_file else None
+    client = connect(args.host, args.port, args.client, args.reproducible, api_key=api_key)
     try:
         results = drive_episodes(client, args.seeds, args.task, args.max_steps)
     finally:

@@ -11,6 +11,8 @@
 #   No Debian ffmpeg: videos are written by PyAV, whose wheels ship their own FFmpeg.
 # - torch 2.14.1 / torchvision 0.29.1 first, from this machine's local wheels, so nothing resolves a newer torch.
 # - mujoco 3.8.1: the one release that runs gym-aloha 0.1.5, dm-control 1.0.41 and robosuite 1.5.2 together.
+# - openpi-client 0.1.2 (the serving tests' reference client) with --no-deps: it declares numpy<2, which must not
+#   decide the venv's numpy; its own imports are checked against the numpy the rest chose (a msgpack round trip).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,9 +23,10 @@ APT_PACKAGES=(libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0 libosmesa6 libgl1 
 TORCH=("torch==2.14.1" "torchvision==0.29.1")
 EXTRAS="sim,video,text,lerobot,serve,dev"
 MUJOCO="3.8.1"
+OPENPI_CLIENT="openpi-client==0.1.2"
 LOG=${SETUP_LOG:-${TMPDIR:-/tmp}/cosmos_lit_setup.log}
 STAMP="$VENV/.cosmos_lit_setup"
-WANT=$(printf '%s\n' "${TORCH[@]}" "$EXTRAS" "$MUJOCO" "$(cat pyproject.toml)" | sha256sum | cut -c1-16)
+WANT=$(printf '%s\n' "${TORCH[@]}" "$EXTRAS" "$MUJOCO" "$OPENPI_CLIENT" "$(cat pyproject.toml)" | sha256sum | cut -c1-16)
 
 say() { echo "setup.sh: $*"; }
 fail() { echo "setup.sh: error: $*" >&2; exit 1; }
@@ -100,6 +103,17 @@ if [ -n "$leftovers" ] || [ "$have" != "$MUJOCO" ]; then
   step "pip uninstall mujoco" "${PIP[@]}" uninstall -y mujoco mujoco-core mujoco-studio
   step "pip install mujoco==$MUJOCO" "${PIP[@]}" install "mujoco==$MUJOCO"
 fi
+
+say "installing $OPENPI_CLIENT (--no-deps: it declares numpy<2)"
+step "pip install --no-deps $OPENPI_CLIENT" "${PIP[@]}" install --no-deps "$OPENPI_CLIENT"
+step "openpi-client round trip with this numpy" "$VENV/bin/python" -c "
+import numpy as np
+from openpi_client import msgpack_numpy
+x = {'a': np.arange(6, dtype=np.float32).reshape(2, 3), 's': np.float64(2.5)}
+y = msgpack_numpy.unpackb(msgpack_numpy.packb(x))
+assert np.array_equal(y['a'], x['a']) and y['a'].dtype == np.float32 and y['s'] == 2.5
+import openpi_client.websocket_client_policy, openpi_client.action_chunk_broker
+print('openpi-client ok with numpy', np.__version__)"
 
 echo "$WANT" >"$STAMP"
 venv_ok || fail "$VENV is still not as expected after installing (see $LOG)"

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from cosmos_lit.spec import DataSpec
@@ -104,3 +106,28 @@ def tiny_obs(seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     return {"images": {c: rng.integers(0, 255, (48, 40, 3), dtype=np.uint8) for c in TINY_SPEC.cameras},
             "proprio": rng.random(4).astype(np.float32), "instruction": "stack the blocks"}
+
+
+# ---------------------------------------------------------------------------------------------------- serving
+
+
+class EchoPolicy:
+    """A stand-in policy for the server tests: its chunk repeats each observation's proprio (so every client can
+    check its own answer); each forward takes ``delay_s`` so that requests pile up while it runs; an observation whose
+    instruction is ``fail_on`` makes the forward raise (an inference failure)."""
+
+    def __init__(self, delay_s: float = 0.1, fail_on: str | None = None):
+        self.spec = DataSpec(cameras=("top",), proprio_dim=3, action_dim=3, chunk_size=4, image_size=16, has_value=False)
+        self.seed, self.queries, self.execute_steps, self.num_steps = 0, 0, 4, None
+        self.delay_s = delay_s
+        self.fail_on = fail_on
+        self.calls: list[int] = []
+
+    def __call__(self, observations):
+        time.sleep(self.delay_s)
+        if self.fail_on is not None and any(o["instruction"] == self.fail_on for o in observations):
+            raise RuntimeError(f"cannot do '{self.fail_on}'")
+        proprio = np.stack([np.asarray(o["proprio"], np.float32) for o in observations])
+        self.calls.append(len(observations))
+        self.queries += 1
+        return {"actions": np.repeat(proprio[:, None], 4, axis=1), "latents": None}

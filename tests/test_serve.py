@@ -28,6 +28,7 @@ import websockets  # noqa: F401
 from cosmos_lit.client import CosmosPolicyClient, OpenLoopChunker, ServerError, TemporalEnsembler
 from cosmos_lit.serve import KeyMap, PolicyServer, WireError, packb, parse_request, unpackb
 from cosmos_lit.spec import DataSpec
+from helpers import EchoPolicy
 
 # openpi-client 0.1.2 calls websockets' connect() without a `with` (deprecated in websockets 17.1): theirs, not ours
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
@@ -160,24 +161,6 @@ def test_our_client_formats_seeds_and_future_images(server, reference):
 
 
 # ---------------------------------------------------------------------------------------------------- batching
-
-
-class EchoPolicy:
-    """A stand-in policy whose chunk repeats each observation's proprio (so every client can check its own answer);
-    each forward takes ``delay_s`` so that requests pile up while it runs."""
-
-    def __init__(self, delay_s: float = 0.1):
-        self.spec = DataSpec(cameras=("top",), proprio_dim=3, action_dim=3, chunk_size=4, image_size=16, has_value=False)
-        self.seed, self.queries, self.execute_steps, self.num_steps = 0, 0, 4, None
-        self.delay_s = delay_s
-        self.calls: list[int] = []
-
-    def __call__(self, observations):
-        time.sleep(self.delay_s)
-        proprio = np.stack([np.asarray(o["proprio"], np.float32) for o in observations])
-        self.calls.append(len(observations))
-        self.queries += 1
-        return {"actions": np.repeat(proprio[:, None], 4, axis=1), "latents": None}
 
 
 def test_concurrent_clients_are_batched_and_get_their_own_answers():

@@ -5,7 +5,13 @@ Options (``key=value``, values read as YAML; dotted keys reach into the dict-val
 
 =================  =========================================================================================
 ckpt_path          the checkpoint (required)
-host, port         bind address (127.0.0.1: this machine only) and port (8000; 0 picks a free one)
+front              openpi (WebSocket + msgpack), official_http (POST /act, json-numpy, as NVIDIA's deploy.py) or both
+host, port         bind address (127.0.0.1: this machine only) and the openpi front's port (8000; 0 picks a free one)
+http_port          the /act front's port (8777, the official server's)
+http_keys          the /act key overrides (defaults: configs/serve/<spec.name>.yaml), e.g. http_keys.images.top=image
+http_future_images decode the imagined future images for every /act answer (true, as the official server)
+api_key_file       a file holding the shared secret both fronts then require (else $COSMOS_LIT_API_KEY, else none)
+allow_unauthenticated  bind a non-loopback host without an API key (false: refused)
 planner            a planner name or node (default: the checkpoint's ``planner``, else the direct policy)
 num_steps          denoising steps per query (default: the checkpoint's ``eval.num_steps``, else the model's)
 execute_steps      actions per response (default: the checkpoint's ``eval.execute_steps``, else the whole chunk)
@@ -35,11 +41,14 @@ from cosmos_lit.config import CliError
 from cosmos_lit.registry import suggest
 
 OPTIONS: dict[str, Any] = {
-    "ckpt_path": None, "host": "127.0.0.1", "port": 8000, "planner": None, "num_steps": None, "execute_steps": None,
-    "image_pipeline": None, "seed": 0, "max_batch": 8, "batch_wait_ms": 5.0, "max_message_mb": 16.0, "keys": None,
-    "default_prompt": None, "device": "auto", "warmup": True, "trust_pickle": False, "log_level": "info",
+    "ckpt_path": None, "front": "openpi", "host": "127.0.0.1", "port": 8000, "http_port": 8777, "planner": None,
+    "num_steps": None, "execute_steps": None, "image_pipeline": None, "seed": 0, "max_batch": 8, "batch_wait_ms": 5.0,
+    "max_message_mb": 16.0, "keys": None, "http_keys": None, "http_future_images": True, "default_prompt": None,
+    "device": "auto", "warmup": True, "trust_pickle": False, "api_key_file": None, "allow_unauthenticated": False,
+    "log_level": "info",
 }
-DICT_OPTIONS = ("planner", "image_pipeline", "keys")
+DICT_OPTIONS = ("planner", "image_pipeline", "keys", "http_keys")
+STRING_OPTIONS = ("ckpt_path", "host", "default_prompt", "device", "log_level", "front", "api_key_file")
 
 
 def parse_options(overrides: list[str]) -> tuple[dict[str, Any], set[str]]:
@@ -60,7 +69,7 @@ def parse_options(overrides: list[str]) -> tuple[dict[str, Any], set[str]]:
             value = yaml.safe_load(text) if text else None
         except yaml.YAMLError as e:
             raise CliError(f"serve: {key}: not a YAML value ({' '.join(str(e).split())[:120]})") from None
-        if top in ("ckpt_path", "host", "default_prompt", "device", "log_level") and value is not None:
+        if top in STRING_OPTIONS and value is not None:
             value = text  # as typed: a path or prompt like "1e5" or "yes" stays a string
         if rest:
             if top not in DICT_OPTIONS:
@@ -113,6 +122,11 @@ def resolve_options(overrides: list[str]) -> dict[str, Any]:
         raise CliError(f"serve: ckpt_path: checkpoint not found: {ckpt}")
     opts["ckpt_path"] = str(ckpt)
     _int(opts, "port", 0, 65535)
+    _int(opts, "http_port", 0, 65535)
+    from cosmos_lit.serve.server import FRONTS
+
+    if opts["front"] not in FRONTS:
+        raise CliError(f"serve: front: expected {', '.join(FRONTS)}, got {opts['front']!r}{suggest(str(opts['front']), list(FRONTS))}")
     _int(opts, "max_batch", 1)
     _int(opts, "seed", 0)
     _int(opts, "num_steps", 1, allow_none=True)
@@ -121,7 +135,7 @@ def resolve_options(overrides: list[str]) -> dict[str, Any]:
         v = opts[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (key == "max_message_mb" and v < 0.001):
             raise CliError(f"serve: {key}: expected a non-negative number, got {v!r}")
-    for key in ("warmup", "trust_pickle"):
+    for key in ("warmup", "trust_pickle", "http_future_images", "allow_unauthenticated"):
         if not isinstance(opts[key], bool):
             raise CliError(f"serve: {key}: expected true or false, got {opts[key]!r}")
     if isinstance(opts["planner"], str):
@@ -131,10 +145,23 @@ def resolve_options(overrides: list[str]) -> dict[str, Any]:
             raise CliError(f"serve: {key}: expected a mapping{' or a planner name' if key == 'planner' else ''}, got {opts[key]!r}")
     if str(opts["log_level"]).upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise CliError(f"serve: log_level: expected debug, info, warning or error, got {opts['log_level']!r}")
+    _api_key(opts)  # an unreadable key file or a refused bind ends here, before the model loads
     for key, value in _checkpoint_defaults(ckpt, bool(opts["trust_pickle"])).items():
         if key not in given:
             opts[key] = value
     return opts
+
+
+def _api_key(opts: dict[str, Any]) -> str | None:
+    """The API key (``api_key_file``, else ``$COSMOS_LIT_API_KEY``), after the bind check; CliError on a problem."""
+    from cosmos_lit.serve.access import check_bind, read_api_key
+
+    try:
+        key = read_api_key(opts["api_key_file"])
+        check_bind(str(opts["host"]), key, bool(opts["allow_unauthenticated"]))
+    except ValueError as e:
+        raise CliError(f"serve: {e}") from None
+    return key
 
 
 def _device(name: str) -> str:
@@ -163,10 +190,17 @@ def build_server(opts: dict[str, Any]) -> Any:
     log.info("loaded %s in %.1f s on %s: cameras %s, proprio %d, actions %d x %d (execute %d), planner %s, num_steps %s",
              opts["ckpt_path"], time.perf_counter() - t0, device, list(spec.cameras), spec.proprio_dim, spec.chunk_size,
              spec.action_dim, policy.execute_steps, type(policy.planner).__name__, policy.num_steps)
-    return PolicyServer(policy, host=str(opts["host"]), port=int(opts["port"]), max_batch=int(opts["max_batch"]),
-                        batch_wait_ms=float(opts["batch_wait_ms"]), keys=opts["keys"],
-                        default_prompt=opts["default_prompt"], max_message_bytes=int(float(opts["max_message_mb"]) * 2**20),
-                        warmup=bool(opts["warmup"]), metadata={"checkpoint": Path(opts["ckpt_path"]).name})
+    try:
+        return PolicyServer(policy, host=str(opts["host"]), port=int(opts["port"]), max_batch=int(opts["max_batch"]),
+                            batch_wait_ms=float(opts["batch_wait_ms"]), keys=opts["keys"],
+                            default_prompt=opts["default_prompt"],
+                            max_message_bytes=int(float(opts["max_message_mb"]) * 2**20), warmup=bool(opts["warmup"]),
+                            metadata={"checkpoint": Path(opts["ckpt_path"]).name}, front=str(opts["front"]),
+                            http_port=int(opts["http_port"]), http_keys=opts["http_keys"],
+                            http_future_images=bool(opts["http_future_images"]), api_key=_api_key(opts),
+                            allow_unauthenticated=bool(opts["allow_unauthenticated"]))
+    except ValueError as e:
+        raise CliError(f"serve: {e}") from None
 
 
 def configure_logging(level: str) -> None:
@@ -189,6 +223,10 @@ def main(overrides: list[str], config: str | None = None, print_only: bool = Fal
     try:
         import msgpack  # noqa: F401
         import websockets  # noqa: F401
+        if opts["front"] != "openpi":
+            import json_numpy  # noqa: F401
+            import starlette  # noqa: F401
+            import uvicorn  # noqa: F401
     except ImportError as e:
         raise CliError(f"serve: needs the 'serve' extra (pip install -e '.[serve]'): {e}") from None
     server = build_server(opts)
@@ -200,5 +238,7 @@ def main(overrides: list[str], config: str | None = None, print_only: bool = Fal
     try:
         server.run()
     except OSError as e:
-        raise CliError(f"serve: cannot listen on {opts['host']}:{opts['port']}: {e.strerror or e}") from None
+        ports = {"openpi": f"port={opts['port']}", "official_http": f"http_port={opts['http_port']}"}
+        which = " / ".join(v for k, v in ports.items() if opts["front"] in (k, "both"))
+        raise CliError(f"serve: cannot listen on {opts['host']} ({which}): {e.strerror or e}") from None
     return 0

@@ -1,19 +1,22 @@
-"""The policy server behind ``python -m cosmos_lit serve``: a WebSocket server speaking openpi's protocol.
+"""The policy server behind ``python -m cosmos_lit serve``: openpi's WebSocket protocol and the official Cosmos
+Policy ``POST /act`` front (``cosmos_lit.serve.official_http``), one or both, in front of one batcher.
 
-One asyncio event loop takes the connections; the policy runs in one other thread (``run()``: the calling thread,
-``start()``: a worker thread), one forward at a time. Requests from all connections go to one queue; the batcher
-takes the first queued request, waits up to ``batch_wait_ms`` (counted from its arrival) for more, up to
-``max_batch``, and runs them as one ``policy([...])`` forward. The server reads a connection's next request only after
-answering the previous one, so the wait ends early once every open connection has a request queued (a lone client
-never waits). Requests queued while a forward runs are taken together by the next one, so under load batches fill
-without extra waiting. Requests carrying a ``seed`` (reproducible queries, see ``cosmos_lit.serve.wire``) run one per
-forward.
+One asyncio event loop takes the connections of both fronts; the policy runs in one other thread (``run()``: the
+calling thread, ``start()``: a worker thread), one forward at a time. Requests from all connections go to one queue;
+the batcher takes the first queued request, waits up to ``batch_wait_ms`` (counted from its arrival) for more, up to
+``max_batch``, and runs them as one ``policy([...])`` forward. The server reads a WebSocket's next request only after
+answering the previous one (an HTTP request counts as a connection while in flight), so the wait ends early once
+every open connection has a request queued (a lone client never waits). Requests queued while a forward runs are
+taken together by the next one, so under load batches fill without extra waiting. Requests carrying a ``seed``
+(reproducible queries, see ``cosmos_lit.serve.wire``) run one per forward.
 
-A request that cannot be served (not msgpack, a missing camera, a wrong image shape or dtype, a wrong proprio
-length, ...) is answered with one ``error: ...`` text message on its connection, which stays open; the other
-connections never see it. A forward that fails on a batch is retried request by request, so only the request that
-makes it fail gets the error. A client that disconnects while its request is in flight costs nothing but the
-forward it was in. ``GET /healthz`` on the same port answers ``200 OK`` (a load balancer's or a script's probe).
+A request that cannot be served (not msgpack or JSON, a missing camera, a wrong image shape or dtype, a wrong
+proprio length, ...) is answered with one line naming the problem: an ``error: ...`` text message on its WebSocket,
+which stays open, or an HTTP 4xx with ``{"error": ...}``; the other connections never see it. A forward that fails on
+a batch is retried request by request, so only the request that makes it fail gets the error. A client that
+disconnects while its request is in flight costs nothing but the forward it was in. ``GET /healthz`` on each front's
+port answers ``200 OK`` (a load balancer's or a script's probe). With an API key both fronts require it
+(``cosmos_lit.serve.access``); without one only loopback addresses are bound unless told otherwise.
 
 Use::
 
@@ -21,6 +24,7 @@ Use::
     server.run()                 # blocks (Ctrl-C stops it), or:
     with PolicyServer(policy, port=0).start() as server:   # a background thread; port 0: a free port
         ...  # server.port, server.url
+    PolicyServer(policy, front="both", port=0, http_port=0).start()   # + POST server.http_url
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import http
 import logging
 import queue
@@ -38,11 +43,16 @@ from typing import Any
 
 import numpy as np
 
+from cosmos_lit.serve.access import authorized, check_bind, is_loopback
 from cosmos_lit.serve.wire import (
+    Answer,
+    Candidate,
+    Failure,
     KeyMap,
     Request,
     WireError,
     error_text,
+    openpi_response,
     packb,
     parse_request,
     unpackb,
@@ -52,6 +62,7 @@ from cosmos_lit.serve.wire import metadata as build_metadata
 log = logging.getLogger("cosmos_lit.serve")
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 2**20
+FRONTS = ("openpi", "official_http", "both")
 
 
 @dataclass
@@ -109,42 +120,65 @@ class _CallerThreadExecutor(concurrent.futures.Executor):
 
 class PolicyServer:
     """Serve a ``CosmosPolicy`` (or anything with its ``__call__``/``spec``/``seed``/``queries``/``execute_steps``/
-    ``imagine``) over a WebSocket.
+    ``imagine``) over openpi's WebSocket wire, the official ``POST /act`` HTTP front, or both.
 
     Args:
         policy: the policy; used from one worker thread only.
-        host: bind address; the loopback interface unless told otherwise (``0.0.0.0``: every interface).
-        port: TCP port; 0 picks a free one (read ``server.port`` after ``start()``).
-        max_batch: most requests per forward.
+        host: bind address; the loopback interface unless told otherwise. Another address needs ``api_key`` or
+            ``allow_unauthenticated=True`` (``cosmos_lit.serve.access``).
+        port: TCP port of the openpi front; 0 picks a free one (read ``server.port`` after ``start()``).
+        max_batch: most requests per forward (of both fronts together).
         batch_wait_ms: how long the first queued request waits for others to join its batch.
-        keys: the observation key mapping's overrides (``cosmos_lit.serve.wire.KeyMap.build``); default openpi's.
+        keys: the openpi front's observation key mapping overrides (``cosmos_lit.serve.wire.KeyMap.build``).
         default_prompt: instruction for requests without one (None: such a request is an error).
-        max_message_bytes: largest request body; a larger one closes that connection with code 1009.
+        max_message_bytes: largest request body; a larger one closes that WebSocket (code 1009) or gets HTTP 413.
         warmup: run warm-up forwards before accepting connections (the first query then costs what the others do).
         metadata: extra entries for the metadata message.
+        front: ``openpi``, ``official_http`` or ``both``.
+        http_port: TCP port of the ``/act`` front (8777, the official server's; 0: a free one).
+        http_keys: the ``/act`` key overrides (``cosmos_lit.serve.official_http.HttpKeys.load``; the defaults come
+            from ``configs/serve/<spec.name>.yaml``).
+        http_future_images: decode the imagined future images for every ``/act`` answer (the official server does).
+        api_key: the shared secret both fronts require (``Authorization: Api-Key <key>`` or ``Bearer <key>``).
+        allow_unauthenticated: bind a non-loopback ``host`` without ``api_key``.
     """
 
     def __init__(self, policy: Any, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8,
                  batch_wait_ms: float = 5.0, keys: dict[str, Any] | None = None, default_prompt: str | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, warmup: bool = True,
-                 metadata: dict[str, Any] | None = None):
+                 metadata: dict[str, Any] | None = None, front: str = "openpi", http_port: int = 8777,
+                 http_keys: dict[str, Any] | None = None, http_future_images: bool = True, api_key: str | None = None,
+                 allow_unauthenticated: bool = False):
         if int(max_batch) < 1:
             raise ValueError(f"max_batch: expected an integer >= 1, got {max_batch}")
         if float(batch_wait_ms) < 0:
             raise ValueError(f"batch_wait_ms: expected >= 0, got {batch_wait_ms}")
         if int(max_message_bytes) < 1024:
             raise ValueError(f"max_message_bytes: expected at least 1024, got {max_message_bytes}")
-        if not 0 <= int(port) < 65536:
-            raise ValueError(f"port: expected 0..65535, got {port}")
+        for name, value in (("port", port), ("http_port", http_port)):
+            if not 0 <= int(value) < 65536:
+                raise ValueError(f"{name}: expected 0..65535, got {value}")
+        if front not in FRONTS:
+            raise ValueError(f"front: expected one of {', '.join(FRONTS)}, got {front!r}")
+        check_bind(str(host), api_key, allow_unauthenticated)
         self.policy = policy
         self.host = str(host)
         self.port = int(port)
+        self.http_port = int(http_port)
+        self.fronts = ("openpi", "official_http") if front == "both" else (front,)
         self.max_batch = int(max_batch)
         self.batch_wait_s = float(batch_wait_ms) / 1000.0
         try:
             self.keys = KeyMap.build(tuple(policy.spec.cameras), keys)
+            self.http_keys = None
+            if "official_http" in self.fronts:
+                from cosmos_lit.serve.official_http import HttpKeys
+
+                self.http_keys = HttpKeys.load(tuple(policy.spec.cameras), str(policy.spec.name), http_keys)
         except WireError as e:
             raise ValueError(str(e)) from None
+        self.http_future_images = bool(http_future_images)
+        self.api_key = api_key or None
         self.default_prompt = default_prompt
         self.max_message_bytes = int(max_message_bytes)
         self.warmup = bool(warmup)
@@ -173,11 +207,17 @@ class PolicyServer:
 
     @property
     def url(self) -> str:
+        """The openpi front's address."""
         return f"ws://{self.host}:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """The official front's ``/act`` address."""
+        return f"http://{self.host}:{self.http_port}/act"
 
     # ------------------------------------------------------------------------------------------------ inference
 
-    def _forward(self, requests: list[Request]) -> list[dict[str, Any]]:
+    def _forward(self, requests: list[Request]) -> list[Answer]:
         """One ``policy`` call for ``requests`` (runs in the worker thread)."""
         policy = self.policy
         observations = [r.observation for r in requests]
@@ -196,37 +236,62 @@ class PolicyServer:
         self.forward_calls += 1
         self.batch_sizes.append(len(requests))
         k = int(policy.execute_steps)
-        actions = np.asarray(out["actions"])
-        want = [i for i, r in enumerate(requests) if r.future_images]
-        future = np.asarray(policy.imagine(out["latents"][want])) if want else None
         cameras = list(policy.spec.cameras)
-        responses = []
-        for i, r in enumerate(requests):
-            resp: dict[str, Any] = {"actions": np.ascontiguousarray(actions[i, :k], dtype=np.float32), "seed": seed}
-            if "value" in out:
-                resp["value"] = float(np.asarray(out["value"])[i])
-            if r.future_images and future is not None:
-                j = want.index(i)
-                resp["future_images"] = {cam: np.ascontiguousarray(future[j, n]) for n, cam in enumerate(cameras)}
-            responses.append(resp)
-        return responses
+        actions = np.asarray(out["actions"])
+        values = np.asarray(out["value"]) if "value" in out else None
+        scores, choice = out.get("plan_scores"), out.get("plan_choice")
+        futures = out.get("candidate_futures")  # world-model futures of every candidate (planning)
 
-    def _run_group(self, group: list[_Pending]) -> list[dict[str, Any] | str]:
+        def images(frames: np.ndarray) -> dict[str, np.ndarray]:  # (cameras, S, S, 3) -> {camera: image}
+            return {cam: np.ascontiguousarray(frames[n]) for n, cam in enumerate(cameras)}
+
+        def ensemble_mean(frames: np.ndarray) -> np.ndarray:  # (F, cameras, S, S, 3): the futures' mean image
+            return np.rint(frames.astype(np.float32).mean(axis=0)).astype(np.uint8)
+
+        want = [i for i, r in enumerate(requests) if r.future_images]
+        executed: dict[int, np.ndarray] = {}
+        if want and futures is not None:
+            import torch
+
+            rows = torch.as_tensor(want, dtype=torch.long)
+            chosen = futures[rows, torch.as_tensor(choice[want], dtype=torch.long)]  # (R, F, C, T, H, W)
+            executed = {i: ensemble_mean(f) for i, f in zip(want, policy.imagine(chosen))}
+        elif want:
+            executed = dict(zip(want, policy.imagine(out["latents"][want])))
+        answers = []
+        for i, r in enumerate(requests):
+            answer = Answer(actions=np.ascontiguousarray(actions[i, :k], dtype=np.float32), seed=seed,
+                            value=None if values is None else float(values[i]),
+                            plan_score=None if scores is None else float(scores[i, choice[i]]),
+                            future_images=images(executed[i]) if i in executed else None)
+            if r.all_candidates and scores is not None:
+                cand_images = None
+                if r.future_images and futures is not None:
+                    cand_images = [images(ensemble_mean(f)) for f in policy.imagine(futures[i])]
+                answer.candidates = [Candidate(np.ascontiguousarray(a[:k], dtype=np.float32), float(sc),
+                                               None if cand_images is None else cand_images[n])
+                                     for n, (a, sc) in enumerate(zip(out["candidate_actions"][i], scores[i]))]
+            elif r.all_candidates:  # the direct policy: its one sample
+                answer.candidates = [Candidate(answer.actions, answer.value, answer.future_images)]
+            answers.append(answer)
+        return answers
+
+    def _run_group(self, group: list[_Pending]) -> list[Answer | Failure]:
         """Forward a group; a failing batch is retried one by one so only the culprit gets the error."""
         start = time.perf_counter()
         try:
-            responses: list[dict[str, Any] | str] = list(self._forward([p.request for p in group]))
+            answers: list[Answer | Failure] = list(self._forward([p.request for p in group]))
         except Exception as e:
             if len(group) > 1:
                 return [self._run_group([p])[0] for p in group]
             log.warning("inference failed: %s: %s", type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
-            return [error_text(f"inference failed: {type(e).__name__}: {e}")]
+            return [Failure(f"inference failed: {type(e).__name__}: {e}", 500)]
         end = time.perf_counter()
-        for p, resp in zip(group, responses):
-            if isinstance(resp, dict):
-                resp["server_timing"] = {"infer_ms": _ms(end - start), "queue_ms": _ms(start - p.arrival),
-                                         "batch_size": len(group)}
-        return responses
+        for p, answer in zip(group, answers):
+            if isinstance(answer, Answer):
+                answer.timing = {"infer_ms": _ms(end - start), "queue_ms": _ms(start - p.arrival),
+                                 "batch_size": len(group)}
+        return answers
 
     def _warm_up(self) -> None:
         """Two forwards on a blank observation (lazy initialisation, allocator and kernel caches), then the query
@@ -293,7 +358,7 @@ class PolicyServer:
                 results = await loop.run_in_executor(self._executor, self._run_group, group)
             except Exception as e:  # never let the batcher die
                 log.exception("batcher: unexpected failure")
-                results = [error_text(f"server failure: {type(e).__name__}: {e}")] * len(group)
+                results = [Failure(f"server failure: {type(e).__name__}: {e}", 500)] * len(group)
             self._inflight = []
             for p, r in zip(group, results):
                 if not p.future.done():
@@ -302,15 +367,26 @@ class PolicyServer:
     def _fail_waiting(self, message: str) -> None:
         for p in [*self._inflight, *self._pending]:
             if not p.future.done():
-                p.future.set_result(error_text(message))
+                p.future.set_result(Failure(message, 503))
         self._pending.clear()
         self._inflight = []
 
     # ------------------------------------------------------------------------------------------------ connections
 
+    async def _infer(self, request: Request, arrival: float) -> Answer | Failure:
+        """Queue one validated request (of either front) for the batcher and wait for its answer."""
+        assert self._loop is not None
+        future = self._loop.create_future()
+        self._submit(_Pending(request, future, arrival))
+        return await future
+
     def _process_request(self, connection: Any, request: Any) -> Any:
         if request.path.split("?")[0] == "/healthz":
             return connection.respond(http.HTTPStatus.OK, "OK\n")
+        if not authorized(request.headers.get("Authorization"), self.api_key):
+            log.warning("client %s: refused (missing or wrong API key)", _peer(connection))
+            return connection.respond(http.HTTPStatus.UNAUTHORIZED,
+                                      "missing or wrong API key: send the header 'Authorization: Api-Key <key>'\n")
         return None
 
     async def _handler(self, connection: Any) -> None:
@@ -327,24 +403,18 @@ class PolicyServer:
                 try:
                     request = parse_request(unpackb(message), self.policy.spec, self.keys, self.default_prompt)
                 except WireError as e:
-                    self.request_errors += 1
-                    log.warning("client %s: bad request: %s", peer, e)
+                    self._count_error(peer, str(e))
                     await connection.send(error_text(str(e)))
                     continue
-                future = asyncio.get_running_loop().create_future()
-                self._submit(_Pending(request, future, arrival))
-                response = await future
-                if isinstance(response, str):
+                answer = await self._infer(request, arrival)
+                if isinstance(answer, Failure):
                     self.request_errors += 1
-                    await connection.send(response)
+                    await connection.send(error_text(answer.message))
                     continue
-                response["server_timing"]["prev_total_ms"] = prev_total_ms
-                await connection.send(packb(response))
+                answer.timing["prev_total_ms"] = prev_total_ms
+                await connection.send(packb(openpi_response(answer)))
                 prev_total_ms = _ms(time.perf_counter() - arrival)
-                self.requests_served += 1
-                t = response["server_timing"]
-                log.info("infer client=%s batch=%d queue_ms=%.1f infer_ms=%.1f total_ms=%.1f", peer, t["batch_size"],
-                         t["queue_ms"], t["infer_ms"], prev_total_ms)
+                self._count_served(peer, answer.timing, prev_total_ms)
         except ConnectionClosed as e:
             if e.rcvd is not None and e.rcvd.code not in (1000, 1001):
                 log.info("client %s: connection closed (%s %s)", peer, e.rcvd.code, e.rcvd.reason)
@@ -353,6 +423,64 @@ class PolicyServer:
         finally:
             self.open_connections -= 1
             log.info("client %s disconnected", peer)
+
+    def _count_error(self, peer: str, message: str) -> None:
+        self.request_errors += 1
+        log.warning("client %s: bad request: %s", peer, message)
+
+    def _count_served(self, peer: str, timing: dict[str, Any], total_ms: float) -> None:
+        self.requests_served += 1
+        log.info("infer client=%s batch=%d queue_ms=%.1f infer_ms=%.1f total_ms=%.1f", peer, timing["batch_size"],
+                 timing["queue_ms"], timing["infer_ms"], total_ms)
+
+    async def _http_infer(self, request: Request, arrival: float) -> Answer | Failure:
+        """The ``/act`` front's inference: an HTTP request counts as an open connection while it is in flight."""
+        self.open_connections += 1
+        try:
+            answer = await self._infer(request, arrival)
+        finally:
+            self.open_connections -= 1
+        if isinstance(answer, Answer):
+            answer.timing["prev_total_ms"] = None
+        return answer
+
+    async def _start_http(self) -> tuple[Any, asyncio.Task]:
+        """Bind the ``/act`` front and serve it from this event loop (uvicorn); returns (uvicorn server, task)."""
+        import socket
+
+        import uvicorn
+
+        from cosmos_lit.serve.official_http import build_app
+
+        def served() -> None:
+            self.requests_served += 1
+
+        app = build_app(self._http_infer, self.policy.spec, self.http_keys, default_prompt=self.default_prompt,
+                        max_body_bytes=self.max_message_bytes, api_key=self.api_key,
+                        future_images=self.http_future_images, metadata=self.metadata,
+                        on_error=lambda peer, message: self._count_error(peer, message), on_served=served)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.http_port))
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(128)
+        sock.setblocking(False)
+        self.http_port = int(sock.getsockname()[1])
+        self.bound_addresses.append(sock.getsockname())
+        config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=2)
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if task.done():  # failed to start: raise its error here
+                task.result()
+                raise RuntimeError("the /act front stopped while starting")
+            await asyncio.sleep(0.01)
+        return server, task
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
@@ -369,15 +497,32 @@ class PolicyServer:
         try:
             if self.warmup:
                 await self._loop.run_in_executor(self._executor, self._warm_up)
-            async with serve(self._handler, self.host, self.port, process_request=self._process_request,
-                             max_size=self.max_message_bytes, compression=None) as server:
-                self.bound_addresses = [sock.getsockname() for sock in server.sockets]
-                self.port = int(self.bound_addresses[0][1])
+            async with contextlib.AsyncExitStack() as stack:
+                self.bound_addresses = []
+                if "openpi" in self.fronts:
+                    ws = await stack.enter_async_context(
+                        serve(self._handler, self.host, self.port, process_request=self._process_request,
+                              max_size=self.max_message_bytes, compression=None))
+                    self.bound_addresses += [sock.getsockname() for sock in ws.sockets]
+                    self.port = int(self.bound_addresses[0][1])
+                    log.info("serving on %s (openpi front; health check: http://%s:%d/healthz)", self.url, self.host,
+                             self.port)
+                if "official_http" in self.fronts:
+                    http_server, http_task = await self._start_http()
+
+                    async def stop_http() -> None:
+                        http_server.should_exit = True
+                        await asyncio.gather(http_task, return_exceptions=True)
+
+                    stack.push_async_callback(stop_http)
+                    log.info("serving on %s (official front, POST; health check: http://%s:%d/healthz)",
+                             self.http_url, self.host, self.http_port)
                 batcher = asyncio.create_task(self._batcher())
-                if self.host not in ("127.0.0.1", "localhost", "::1"):
-                    log.warning("listening on %s: reachable from other machines (no authentication)", self.host)
-                log.info("serving on %s (health check: http://%s:%d/healthz), max_batch=%d, batch_wait_ms=%.1f",
-                         self.url, self.host, self.port, self.max_batch, self.batch_wait_s * 1000)
+                log.info("serving %s: max_batch=%d, batch_wait_ms=%.1f, API key %s", " + ".join(self.fronts),
+                         self.max_batch, self.batch_wait_s * 1000, "required" if self.api_key else "off")
+                if not self.api_key and not is_loopback(self.host):
+                    log.warning("listening on %s without an API key: anyone reaching the port can query the policy",
+                                self.host)
                 self._ready.set()
                 try:
                     await self._stop.wait()

@@ -257,12 +257,65 @@ MAX_IMAGE_SIDE = 4096
 
 @dataclass
 class Request:
-    """A validated request: the policy observation and the per-request options."""
+    """A validated request (of either front): the policy observation and the per-request options.
+
+    ``future_images``: decode the imagined future camera images; ``all_candidates``: report every planning
+    candidate (the official ``return_all_query_results``)."""
 
     observation: dict[str, Any]
     seed: int | None = None
     future_images: bool = False
     keys_used: dict[str, str] = field(default_factory=dict)
+    all_candidates: bool = False
+
+
+@dataclass
+class Candidate:
+    """One planning candidate of a query: its chunk (k, A) float32 env units, its aggregated value-ensemble score in
+    [0, 1] (None without a planner) and its imagined future images ({camera: (S, S, 3) uint8}, when asked)."""
+
+    actions: np.ndarray
+    score: float | None
+    future_images: dict[str, np.ndarray] | None = None
+
+
+@dataclass
+class Answer:
+    """What one query returns, before a front formats it.
+
+    ``actions``: (k, A) float32 env units (k = the server's execute_steps). ``value``: the executed sample's value
+    frame V(s') in [0, 1] (None without one). ``plan_score``: the planner's score of the executed candidate (None
+    without a planner). ``future_images``: {camera: (S, S, 3) uint8} of the executed candidate (the world model's,
+    averaged over its futures, when planning), when asked. ``candidates``: every candidate, when asked (the direct
+    policy has one). ``timing``: the server's ``server_timing`` entries."""
+
+    actions: np.ndarray
+    seed: int
+    value: float | None = None
+    plan_score: float | None = None
+    future_images: dict[str, np.ndarray] | None = None
+    candidates: list[Candidate] | None = None
+    timing: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Failure:
+    """A query that failed after it was accepted: one line, and the HTTP status it maps to (500 inference failed,
+    503 shutting down)."""
+
+    message: str
+    status: int = 500
+
+
+def openpi_response(answer: Answer) -> dict[str, Any]:
+    """The openpi front's response map (see the module docstring)."""
+    resp: dict[str, Any] = {"actions": answer.actions, "seed": answer.seed}
+    if answer.value is not None:
+        resp["value"] = answer.value
+    if answer.future_images is not None:
+        resp["future_images"] = answer.future_images
+    resp["server_timing"] = dict(answer.timing)
+    return resp
 
 
 def _image(value: Any, key: str, camera: str) -> np.ndarray:
