@@ -6,6 +6,11 @@ seeds[r::world]); success rate and rewards are reduced with torchmetrics, so eve
 ``ModelCheckpoint(monitor="sim/success_rate")`` works. Per-episode JSON and a few mp4 videos land in
 ``<run_dir>/eval/step_<N>/``. A crashed env is reported (``sim/errors``) and training goes on.
 
+With ``record_rollouts`` (config ``eval.record_rollouts``) every finished episode is also written as a rollout file
+in the Cosmos Policy layout under ``<run_dir>/eval/step_<N>/rollouts/`` (``rollouts/rank<r>/`` with several ranks),
+which ``data.rollout_dir`` reads back (:mod:`cosmos_lit.rollout_files`); ``python -m cosmos_lit collect`` runs
+the same episodes from a checkpoint (:meth:`SimEvalCallback.run_policy`).
+
 Logged metrics (over the finished episodes of all ranks):
 
 - ``sim/success_rate``: fraction of episodes the env reports as successful.
@@ -48,7 +53,9 @@ class SimEvalCallback(L.Callback):
         image_pipeline: test-time image options of ``cosmos_lit.images.ImagePipeline`` (what the env has not done).
         python_executable: interpreter for env workers (LIBERO lives in its own environment).
         at_start: also evaluate before the first optimizer step.
-        planner: planner config node of the test-time planner (the run's ``planner`` config; default: direct policy).
+        planner: planner config node (or name) of the test-time planner (the run's ``planner`` config; default:
+            direct policy).
+        record_rollouts: also write each finished episode as a rollout file (HDF5) under ``eval/step_<N>/rollouts``.
     """
 
     def __init__(
@@ -68,7 +75,8 @@ class SimEvalCallback(L.Callback):
         image_pipeline: dict[str, Any] | None = None,
         python_executable: str | None = None,
         at_start: bool = False,
-        planner: dict[str, Any] | None = None,
+        planner: dict[str, Any] | str | None = None,
+        record_rollouts: bool = False,
     ):
         super().__init__()
         if not isinstance(env, dict) or "name" not in env:
@@ -86,7 +94,15 @@ class SimEvalCallback(L.Callback):
         self.image_pipeline = image_pipeline
         self.python_executable = python_executable
         self.at_start = at_start
+        if isinstance(planner, str):  # planner=best_of_n on a checkpoint's config: the name, with its defaults
+            planner = {"name": planner}
+        if planner is not None and not isinstance(planner, dict):
+            raise ConfigError(f"planner: expected a planner config node or name, got {planner!r}")
+        if not isinstance(record_rollouts, bool):
+            raise ConfigError(f"eval.record_rollouts: expected true or false, got {record_rollouts!r}")
         self.planner_cfg = dict(planner) if planner else None
+        self.record_rollouts = record_rollouts
+        self.checkpoint_path: str | None = None  # provenance of recorded rollouts (set by the CLI for validate)
         self._pool: Any = None
         self._last_step = -1
         self.success = torchmetrics.MeanMetric()
@@ -138,32 +154,64 @@ class SimEvalCallback(L.Callback):
             raise ConfigError(f"eval: {type(pl_module).__name__} has no inference_model to evaluate in simulation")
         return pl_module.inference_model
 
-    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, log: bool = True) -> dict[str, float]:
+    def pool(self, num_seeds: int) -> Any:
+        """The env worker pool (started on first use, kept between evaluations; crashed workers restarted)."""
         from cosmos_lit.envs.worker import EnvPool
-        from cosmos_lit.eval.rollouts import run_episodes, save_results
+
+        if self._pool is None:
+            self._pool = EnvPool(self.env_cfg, num_workers=max(1, min(self.num_workers, num_seeds or 1)),
+                                 python_executable=self.python_executable)
+        for slot in range(self._pool.num_workers):  # a worker that crashed last time gets a fresh process
+            if not self._pool.alive(slot):
+                self._pool.restart(slot)
+        return self._pool
+
+    def run_policy(self, model: Any, out_dir: Path, seeds: list[int] | None = None, rollout_dir: Path | None = None,
+                   provenance: dict[str, Any] | None = None, num_videos: int | None = None) -> list[Any]:
+        """Run this evaluation's episodes (``seeds``: default all) with ``model`` (a ``CosmosPolicyModel``).
+
+        Videos go to ``out_dir/videos``; with ``rollout_dir`` every finished episode is recorded there as a rollout
+        file carrying ``provenance`` (checkpoint, step, ...) and the env / planner settings.
+        """
+        from cosmos_lit.eval.rollouts import run_episodes
         from cosmos_lit.policy import CosmosPolicy
+
+        seeds = list(self.seeds if seeds is None else seeds)
+        pool = self.pool(len(seeds))
+        policy = CosmosPolicy(model, planner=self.planner_cfg, num_steps=self.num_steps,
+                              execute_steps=self.execute_steps, image_pipeline=self.image_pipeline, seed=0)
+        attrs = None
+        if rollout_dir is not None:
+            planner = self.planner_cfg or {"name": "none"}
+            attrs = {"planner": str(planner.get("name", "none")), "planner_config": planner,
+                     "num_steps": self.num_steps, "execute_steps": policy.execute_steps,
+                     "image_pipeline": self.image_pipeline, **dict(provenance or {})}
+        with torch.no_grad():
+            return run_episodes(policy, self.env_cfg, seeds, max_steps=self.max_steps,
+                                num_videos=self.num_videos if num_videos is None else num_videos,
+                                video_dir=out_dir / "videos", video_fps=self.video_fps,
+                                time_budget_s=self.time_budget_s, pool=pool, rollout_dir=rollout_dir,
+                                rollout_attrs=attrs)
+
+    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, log: bool = True) -> dict[str, float]:
+        from cosmos_lit.eval.rollouts import save_results
 
         step = trainer.global_step
         self._last_step = step
         rank, world = trainer.global_rank, trainer.world_size
         my_seeds = self.seeds[rank::world]
         out_dir = self._run_dir(trainer) / "eval" / f"step_{step:07d}"
+        rollout_dir = None
+        if self.record_rollouts:
+            rollout_dir = out_dir / "rollouts" / (f"rank{rank}" if world > 1 else "")
+        provenance = {"checkpoint": self.checkpoint_path or trainer.ckpt_path,
+                      "run_dir": str(self._run_dir(trainer)), "global_step": step}
         was_training = pl_module.training
         pl_module.eval()
         t0 = time.monotonic()
         try:
-            if self._pool is None:
-                self._pool = EnvPool(self.env_cfg, num_workers=max(1, min(self.num_workers, len(my_seeds) or 1)),
-                                     python_executable=self.python_executable)
-            for slot in range(self._pool.num_workers):  # a worker that crashed last time gets a fresh process
-                if not self._pool.alive(slot):
-                    self._pool.restart(slot)
-            policy = CosmosPolicy(self._model(pl_module), planner=self.planner_cfg, num_steps=self.num_steps,
-                                  execute_steps=self.execute_steps, image_pipeline=self.image_pipeline, seed=0)
-            with torch.no_grad():
-                results = run_episodes(policy, self.env_cfg, my_seeds, max_steps=self.max_steps,
-                                       num_videos=self.num_videos if rank == 0 else 0, video_dir=out_dir / "videos",
-                                       video_fps=self.video_fps, time_budget_s=self.time_budget_s, pool=self._pool)
+            results = self.run_policy(self._model(pl_module), out_dir, my_seeds, rollout_dir=rollout_dir,
+                                      provenance=provenance, num_videos=self.num_videos if rank == 0 else 0)
         finally:
             if was_training:
                 pl_module.train()
@@ -195,6 +243,7 @@ class SimEvalCallback(L.Callback):
         rank_zero_info(
             f"[sim_eval] step {step}: success {metrics['sim/success_rate']:.2f} over {int(metrics['sim/episodes'])} "
             f"episodes, mean max reward {metrics['sim/mean_max_reward']:.2f}, {metrics['sim/eval_seconds']:.0f}s -> {out_dir}"
+            + (f" (rollouts: {sum(r.rollout_path is not None for r in results)} files)" if rollout_dir else "")
         )
         if log:
             for lg in trainer.loggers:

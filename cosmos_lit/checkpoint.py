@@ -120,9 +120,43 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu", trust
     return model.to(map_location).eval()
 
 
+LAYOUT_FIELDS = ("cameras", "proprio_dim", "action_dim", "chunk_size", "image_size", "has_value")
+
+
+def start_from(task: Any, base: Any, path: str | Path) -> None:
+    """Start a new training run ``task`` from ``base``, the model a checkpoint deploys (``load_model(path)``: its EMA
+    backbone when the run kept one): every component's weights, and the task's EMA copy (if any) starts there too.
+    The optimizer, schedule and step count start fresh (for the training state, resume with ``ckpt_path``).
+
+    Raises ConfigError (one line naming ``path``) when the data's layout or the model's architecture differ."""
+    new, old = task.model.spec.to_dict(), base.spec.to_dict()
+    diff = [f"{k} {old.get(k)!r} there, {new.get(k)!r} here" for k in LAYOUT_FIELDS if old.get(k) != new.get(k)]
+    if diff:
+        raise ConfigError(f"init_from: {path}: the checkpoint's data layout differs from this run's ({'; '.join(diff)})")
+    state = base.state_dict()
+    try:
+        missing, unexpected = task.model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a size mismatch: another architecture
+        detail = " ".join(str(e).split())
+        raise ConfigError(f"init_from: {path}: its model does not fit this config's model ({detail[:300]})") from None
+    _check(missing, unexpected, f"init_from: {path}")
+    if task.backbone_ema is not None:
+        task.backbone_ema.module.load_state_dict(base.backbone.state_dict())
+
+
 def embedded_config(path: str | Path, trust_pickle: bool = False) -> dict[str, Any]:
     """The ``"cosmos_lit"`` entry that ``fit`` writes (``config``, ``overrides``, ``choices``, ``task``, ``version``)."""
     meta = read(path, "cpu", trust_pickle).get("cosmos_lit")
     if not meta:
         raise ConfigError(f"{path}: no embedded cosmos_lit config; pass --config as well")
-    return dict(meta)
+    meta = dict(meta)
+    cfg = dict(meta.get("config") or {})
+    task = dict(cfg.get("task") or {})
+    if any(k in task for k in MOVED_TO_MODEL):  # written before the model object: as upgrade() does for the weights
+        model = dict(cfg.get("model") or {})
+        for key in MOVED_TO_MODEL:
+            if key in task:
+                model.setdefault(key, task.pop(key))
+        cfg.update(task=task, model=model)
+        meta["config"] = cfg
+    return meta

@@ -1,5 +1,6 @@
 """``python -m cosmos_lit {fit,validate,test,predict} --config FILE [OVERRIDES]``, ``python -m cosmos_lit eval --config
-configs/protocol/<benchmark>.yaml [KEY=VALUE]`` (``cosmos_lit.eval``) and ``python -m cosmos_lit list [KIND]``.
+configs/protocol/<benchmark>.yaml [KEY=VALUE]`` (``cosmos_lit.eval``), ``python -m cosmos_lit collect ckpt_path=CKPT``
+(rollout collection, ``cosmos_lit.eval.collect``) and ``python -m cosmos_lit list [KIND]``.
 
 Configs are composed with Hydra's compose API: the primary file's ``defaults`` list picks one option per config group
 (``data``, ``model/backbone``, ``model/image_encoder``, ``model/value_head``, ``planner``, ``eval``, ``trainer``,
@@ -26,7 +27,7 @@ from typing import Any
 from cosmos_lit.config import CliError, compose, hydra_message, resolve, unknown_key_message
 from cosmos_lit.registry import ConfigError
 
-COMMANDS = ("fit", "validate", "test", "predict")
+COMMANDS = ("fit", "validate", "test", "predict", "refine")
 VERBS = """verbs:
   fit       train: python -m cosmos_lit fit --config configs/aloha_sim.yaml [overrides]
   validate  validation metrics and closed-loop simulation of a checkpoint: validate ckpt_path=CKPT
@@ -35,6 +36,11 @@ VERBS = """verbs:
             <run_dir>/predictions.npz: predict ckpt_path=CKPT [+predict.num_images=N]
   eval      a benchmark protocol: eval --config configs/protocol/libero.yaml checkpoint_dir=DIR vae=PATH
             (or checkpoint=CKPT for a checkpoint of ours)
+  refine    learning from experience: fit from a policy checkpoint on its demos + rollouts, with the settings of
+            configs/experience/<data>.yaml: refine ckpt_path=CKPT data.rollout_dir=DIR [trainer.max_steps=N]
+  collect   record closed-loop rollouts (HDF5 per episode + index.json) of a checkpoint's eval config, for
+            learning from experience: collect ckpt_path=CKPT [eval.num_episodes=200] [eval.seed0=N] [out=DIR]
+            [planner=best_of_n] [device=cuda]
   serve     a policy server (openpi's WebSocket protocol) for robots and simulators elsewhere:
             serve ckpt_path=CKPT [port=8000] [host=127.0.0.1] [planner=...] [max_batch=8] [batch_wait_ms=5]
   list      registered components: list [backbone|image_encoder|planner|datamodule|env|...]
@@ -200,7 +206,12 @@ def build_callbacks(cfg: dict[str, Any], run_dir: Path, overrides: list[str], ch
         callbacks.append(PredictionWriter(**bind_kwargs(PredictionWriter, dict(cfg.get("predict") or {}), "predict")))
     ev = cfg.get("eval")
     if ev and command in ("fit", "validate"):
-        callbacks.append(build(ev, "callback", path="eval", planner=cfg.get("planner")))
+        from cosmos_lit.callbacks.sim_eval import SimEvalCallback
+
+        sim_eval = build(ev, "callback", path="eval", planner=cfg.get("planner"))
+        if isinstance(sim_eval, SimEvalCallback):  # provenance of recorded rollouts (eval.record_rollouts)
+            sim_eval.checkpoint_path = cfg.get("ckpt_path") or cfg.get("init_from")
+        callbacks.append(sim_eval)
     for i, node in enumerate((cfg.get("callbacks") or {}).values() if isinstance(cfg.get("callbacks"), dict) else cfg.get("callbacks") or []):
         if node:
             callbacks.append(build(node, "callback", path=f"callbacks[{i}]"))
@@ -256,9 +267,12 @@ def _config_from_checkpoint(ckpt_path: str, overrides: list[str]) -> tuple[dict[
         if "/" in key:
             raise CliError(f"override '{ov}': config-group overrides need --config (the checkpoint holds a resolved config)")
     plain = OmegaConf.to_container(cfg)
+    # planner=NAME replaces the planner node by that planner's defaults; its options (planner.num_candidates=4)
+    # are then new keys, checked against the planner's constructor when it is built
+    renamed = {"planner"} if any(o.split("=", 1)[0] == "planner" for o in overrides) else set()
     for ov in overrides:
         key, _, value = ov.partition("=")
-        if not key.startswith(("+", "~")):
+        if not key.startswith(("+", "~")) and key.split(".")[0] not in renamed:
             problem = unknown_key_message(plain, key, value)  # type: ignore[arg-type]
             if problem:
                 raise CliError(f"override '{ov}': {problem}")
@@ -266,20 +280,26 @@ def _config_from_checkpoint(ckpt_path: str, overrides: list[str]) -> tuple[dict[
         OmegaConf.set_struct(cfg, True)
         for ov in overrides:
             key, _, value = ov.partition("=")
-            if key.startswith("+"):
+            if key.startswith("+") or key.split(".")[0] in renamed:
                 OmegaConf.set_struct(cfg, False)
-            OmegaConf.update(cfg, key.lstrip("+"), yaml.safe_load(value) if value else None, merge=True)
+            parsed = yaml.safe_load(value) if value else None
+            if key == "planner" and isinstance(parsed, str):  # planner=best_of_n: that planner with its defaults
+                OmegaConf.set_struct(cfg, False)
+                OmegaConf.update(cfg, "planner", {"name": parsed}, merge=False)
+            else:
+                OmegaConf.update(cfg, key.lstrip("+"), parsed, merge=True)
             OmegaConf.set_struct(cfg, True)
     except Exception as e:
         raise CliError(f"override: {hydra_message(e)}") from None
     return OmegaConf.to_container(cfg, resolve=True), dict(meta.get("choices") or {})  # type: ignore[return-value]
 
 
-def run(command: str, config: str | None, overrides: list[str], print_only: bool = False) -> Any:
-    """Compose, build and run one job; returns the trainer (predictions go to ``<run_dir>/predictions.npz``)."""
-    import lightning as L
-
+def load_run_config(command: str, config: str | None, overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(resolved config, group choices): composed from ``config``, or the checkpoint's embedded config
+    (``ckpt_path=...`` without ``--config``) with the overrides applied."""
     ckpt_override = next((o.split("=", 1)[1] for o in overrides if o.startswith("ckpt_path=")), None)
+    if command == "refine":
+        return refine_config(config, ckpt_override, overrides)
     if config:
         cfg_node, choices = compose(config, overrides)
         cfg = resolve(cfg_node)
@@ -287,7 +307,91 @@ def run(command: str, config: str | None, overrides: list[str], print_only: bool
         cfg, choices = _config_from_checkpoint(ckpt_override, [o for o in overrides if not o.startswith("ckpt_path=")])
         cfg["ckpt_path"] = ckpt_override
     else:
-        raise CliError("--config is required (or, for validate/test/predict, ckpt_path=<checkpoint>)")
+        raise CliError("--config is required (or, for validate/test/predict/collect, ckpt_path=<checkpoint>)")
+    return cfg, choices
+
+
+def refine_config(config: str | None, ckpt_path: str | None, overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config of ``refine ckpt_path=BASE``: the base run's embedded config, then
+    ``configs/experience/<data.name>.yaml`` (``cosmos_lit.experience``), then the overrides; ``init_from`` = BASE."""
+    from cosmos_lit.checkpoint import embedded_config
+    from cosmos_lit.experience import experience_file, experience_overrides
+
+    if config:
+        raise CliError("refine: takes the base run's config from ckpt_path=<checkpoint>, not --config (to start a "
+                       "fit of another config from a checkpoint's weights: fit --config FILE init_from=CKPT)")
+    if not ckpt_path:
+        raise CliError("refine: needs ckpt_path=<the policy checkpoint to start from> and data.rollout_dir=<rollouts>")
+    p = Path(ckpt_path).expanduser()
+    if not p.is_file():
+        raise CliError(f"refine: ckpt_path: checkpoint not found: {p}")
+    embedded = dict(embedded_config(p)["config"])
+    name = str((embedded.get("data") or {}).get("name", ""))
+    path = experience_file(name)
+    if not path.is_file():
+        known = ", ".join(sorted(f.stem for f in path.parent.glob("*.yaml")))
+        raise CliError(f"refine: no configs/experience/{name}.yaml for the checkpoint's data '{name}' (there are: "
+                       f"{known}); write one, or run fit --config FILE init_from={p}")
+    user = [o for o in overrides if not o.startswith("ckpt_path=")]
+    if "rollout_dir" not in (embedded.get("data") or {}):  # runs whose data config predates the key
+        user = [f"+{o}" if o.startswith("data.rollout_dir=") else o for o in user]
+    cfg, choices = _config_from_checkpoint(str(p), [*experience_overrides(embedded, path), *user])
+    if not (cfg.get("data") or {}).get("rollout_dir"):
+        raise CliError("refine: needs data.rollout_dir=<folder of rollout files> (written by python -m cosmos_lit "
+                       "collect ckpt_path=... out=DIR)")
+    cfg["init_from"], cfg["ckpt_path"] = str(p), None
+    if not any(o.startswith("run_name=") for o in user):
+        cfg["run_name"] = f"{cfg.get('run_name') or name}_refined"
+    return cfg, choices
+
+
+def collect(config: str | None, overrides: list[str], print_only: bool = False) -> int:
+    """The ``collect`` verb (``cosmos_lit.eval.collect``): the checkpoint's eval config with recording on."""
+    from cosmos_lit.callbacks.sim_eval import SimEvalCallback
+    from cosmos_lit.eval import collect as collecting
+    from cosmos_lit.registry import build
+    from cosmos_lit.rollout_files import check_folder
+
+    opts, rest = collecting.split_options(overrides)
+    ckpt_arg = next((o.split("=", 1)[1] for o in rest if o.startswith("ckpt_path=")), None)
+    if not ckpt_arg:
+        raise CliError(f"collect: needs ckpt_path=<checkpoint>; usage: {collecting.USAGE}")
+    ckpt = Path(ckpt_arg).expanduser()
+    if not ckpt.is_file():
+        raise CliError(f"ckpt_path: checkpoint not found: {ckpt}")
+    cfg, choices = load_run_config("collect", config, rest)
+    ev = cfg.get("eval")
+    if not isinstance(ev, dict):
+        where = f"--config {config}" if config else f"the config embedded in {ckpt}"
+        raise CliError(f"eval: {where} has no eval section (the run had eval=none), so there is no env to collect "
+                       "in; pass a config that has one, e.g. --config configs/aloha_sim.yaml ckpt_path=...")
+    ev = dict(ev, record_rollouts=True)
+    if not any(o.lstrip("+").startswith("eval.time_budget_s=") for o in rest):
+        ev["time_budget_s"] = None  # a collection runs every episode; the training-time budget does not apply
+    cfg["eval"] = ev
+    if print_only:
+        print_config_tree(cfg, choices)
+        return 0
+    check_names({"eval": ev, "planner": cfg.get("planner")})
+    collector = build(ev, "callback", path="eval", planner=cfg.get("planner"))
+    if not isinstance(collector, SimEvalCallback):
+        raise CliError(f"eval.name: {ev.get('name')!r} cannot collect rollouts (expected sim_eval)")
+    if not collector.seeds:
+        raise CliError("eval.num_episodes: expected at least 1 episode to collect")
+    out = Path(opts["out"]).expanduser() if opts["out"] else collecting.default_out(cfg)
+    try:
+        previous = check_folder(out)  # before any model or env is loaded: a refused folder costs nothing
+    except ValueError as e:
+        raise CliError(f"out: {e}") from None
+    return collecting.record(collector, ckpt, out, opts["device"], cfg, overrides, previous,
+                             write_config=lambda folder: save_run_config(folder, cfg, overrides, choices))
+
+
+def run(command: str, config: str | None, overrides: list[str], print_only: bool = False) -> Any:
+    """Compose, build and run one job; returns the trainer (predictions go to ``<run_dir>/predictions.npz``)."""
+    import lightning as L
+
+    cfg, choices = load_run_config(command, config, overrides)
     if command in ("test", "predict") and not cfg.get("ckpt_path"):
         raise CliError(f"{command}: needs ckpt_path=<checkpoint> (the model to score on the held-out episodes)")
     if print_only:
@@ -304,8 +408,18 @@ def run(command: str, config: str | None, overrides: list[str], print_only: bool
     check_names(cfg)
     trainer_kwargs(cfg)
     dm = build_datamodule(cfg)
+    base = None
+    if cfg.get("init_from"):  # start from a policy checkpoint: its weights, and its statistics for the data
+        from cosmos_lit.checkpoint import load_model
+
+        if command not in ("fit", "refine"):
+            raise CliError(f"init_from: only fit and refine start from a checkpoint's weights (use ckpt_path for {command})")
+        if cfg.get("ckpt_path"):
+            raise CliError("init_from and ckpt_path: one or the other (ckpt_path resumes a run, init_from starts a new one)")
+        base = load_model(str(cfg["init_from"]))
+        dm.load_state_dict({"statistics": base.statistics})
     dm.prepare_data()
-    dm.setup("fit" if command == "fit" else command)
+    dm.setup("fit" if command in ("fit", "refine") else command)
     # the run directory is made once the data is known to be there: a run that cannot start leaves nothing behind
     run_dir = make_run_dir(cfg, command)
     save_run_config(run_dir, cfg, overrides, choices)
@@ -318,6 +432,11 @@ def run(command: str, config: str | None, overrides: list[str], print_only: bool
         ckpt_path = None  # weights are loaded; Lightning need not restore training state
     else:
         task = build_task(cfg, dm)
+        if base is not None:
+            from cosmos_lit.checkpoint import start_from
+
+            start_from(task, base, cfg["init_from"])
+    command = "fit" if command == "refine" else command
     callbacks = build_callbacks(cfg, run_dir, overrides, choices, command)
     trainer = build_trainer(cfg, run_dir, callbacks, command)
     if command == "fit":
@@ -399,7 +518,8 @@ def list_registered(kind: str | None) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m cosmos_lit", description="Cosmos Policy post-training and evaluation.",
                                 epilog=VERBS, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=[*COMMANDS, "eval", "serve", "list"], metavar="command", help="one of the verbs below")
+    p.add_argument("command", choices=[*COMMANDS, "eval", "collect", "serve", "list"], metavar="command",
+                   help="one of the verbs below")
     p.add_argument("--config", "-c", help="primary config file, e.g. configs/aloha_sim.yaml")
     p.add_argument("--print-config", action="store_true", help="print the composed config and exit")
     p.add_argument("-m", "--multirun", action="store_true", help="expand sweep overrides; one subprocess per job")
@@ -422,6 +542,8 @@ def main(argv: list[str] | None = None) -> None:
             from cosmos_lit.eval.run import main as eval_main
 
             sys.exit(eval_main(args.config, args.overrides, print_only=args.print_config))
+        if args.command == "collect":  # rollouts of a checkpoint for learning from experience
+            sys.exit(collect(args.config, args.overrides, print_only=args.print_config))
         if args.command == "serve":  # a policy server: cosmos_lit.serve (docs/serving.md)
             from cosmos_lit.serve.cli import main as serve_main
 

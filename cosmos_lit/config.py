@@ -15,9 +15,9 @@ from typing import Any
 BUILTIN_CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # the repository's configs/
 TOP_LEVEL_KEYS = {
     "data", "model", "planner", "eval", "trainer", "logger", "task", "seed", "run_dir", "run_name", "ckpt_path",
-    "callbacks", "checkpoint", "experiment", "predict",
+    "callbacks", "checkpoint", "experiment", "predict", "init_from",
 }
-FRAMEWORK_KEYS = ("run_dir", "run_name", "ckpt_path", "seed")
+FRAMEWORK_KEYS = ("run_dir", "run_name", "ckpt_path", "seed", "init_from")
 
 
 class CliError(Exception):

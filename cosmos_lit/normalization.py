@@ -97,9 +97,11 @@ def compute_statistics(arrays: Mapping[str, Sequence[np.ndarray] | np.ndarray]) 
             raise ValueError(f"statistics: '{group}' contains NaN or inf values")
         stats[f"{group}_min"] = rows.min(0).tolist()
         stats[f"{group}_max"] = rows.max(0).tolist()
-        stats[f"{group}_mean"] = rows.mean(0).tolist()
-        stats[f"{group}_std"] = rows.std(0).tolist()
-        stats[f"{group}_median"] = np.median(rows, axis=0).tolist()
+        # as the official datasets: mean / std / median of the float32 arrays (min / max are exact either way)
+        rows32 = rows.astype(np.float32)
+        stats[f"{group}_mean"] = rows32.mean(0).astype(np.float64).tolist()
+        stats[f"{group}_std"] = rows32.std(0).astype(np.float64).tolist()
+        stats[f"{group}_median"] = np.median(rows32, axis=0).astype(np.float64).tolist()
     return stats
 
 

@@ -14,6 +14,9 @@ One episode per HDF5 file (``episode_*.hdf5`` or any ``*.hdf5`` under ``data_dir
       /<primary|wrist_left|wrist_right>_images_jpeg  (T,) vlen JPEG (Cosmos Policy rollout files)
     file attrs (optional): instruction / task_description / language_instruction; success, success_score (rollouts)
 
+Cosmos Policy rollout files (``python -m cosmos_lit collect``, ``cosmos_lit.rollout_files``) store the vectors at
+the top level instead, ``/proprio`` (T, 14) and ``/actions`` (T, 14), with ``primary_images_jpeg`` for cam_high or top.
+
 Camera order is the latent-slot order: the Cosmos ALOHA layout is [cam_left_wrist, cam_right_wrist, cam_high]
 (docs/method.md#latent-layout); the ACT simulation has only 'top'. ``cameras`` picks them; every file must have them.
 ``cosmos_lit.datamodules.act_format.write_aloha_episode`` writes this layout.
@@ -30,18 +33,17 @@ import numpy as np
 from cosmos_lit.datamodules.act_format import compress_len_order
 from cosmos_lit.datamodules.act_format import write_aloha_episode  # noqa: F401 - its former home; scripts import it here
 from cosmos_lit.datamodules.base import EpisodeDataModule, EpisodeReader, EpisodeRef, missing_data_dir
+from cosmos_lit.rollout_files import rollout_image_key
 from cosmos_lit.images import decode_image
 from cosmos_lit.registry import register
 
 REAL_CAMERAS = ("cam_left_wrist", "cam_right_wrist", "cam_high")
 SIM_CAMERAS = ("top",)
-# Cosmos Policy rollout files store JPEG frames at the top level under these names.
-ROLLOUT_JPEG_KEYS = {
-    "cam_high": "primary_images_jpeg",
-    "top": "primary_images_jpeg",
-    "cam_left_wrist": "wrist_left_images_jpeg",
-    "cam_right_wrist": "wrist_right_images_jpeg",
-}
+# Cosmos Policy rollout files store JPEG frames at the top level under these names (primary_images_jpeg, ...).
+ROLLOUT_JPEG_KEYS = {cam: rollout_image_key(cam) for cam in ("cam_high", "top", "cam_left_wrist", "cam_right_wrist")}
+# (ACT layout key, Cosmos rollout key) of the vectors
+ACTION_KEYS = ("action", "actions")
+PROPRIO_KEYS = ("observations/qpos", "proprio")
 INSTRUCTION_ATTRS = ("instruction", "task_description", "language_instruction")
 JPEG_EOI = b"\xff\xd9"
 
@@ -74,14 +76,22 @@ class AlohaEpisodeReader(EpisodeReader):
                 return attrs[name]
         return None
 
+    def _vector(self, keys: Sequence[str], expected: str) -> Any:
+        """The first of ``keys`` present (ACT layout, then rollout file); the error names the ACT key."""
+        group = self.h5
+        for key in keys[1:]:
+            if keys[0] not in group and key in group:
+                return group[key]
+        return self.require(keys[0], expected)
+
     def length(self) -> int:
-        return int(self.require("action", "a (T, 14) array of joint targets").shape[0])
+        return int(self._vector(ACTION_KEYS, "a (T, 14) array of joint targets").shape[0])
 
     def proprio(self) -> np.ndarray:
-        return np.asarray(self.require("observations/qpos", "a (T, 14) array of joint positions")[()])
+        return np.asarray(self._vector(PROPRIO_KEYS, "a (T, 14) array of joint positions")[()])
 
     def actions(self) -> np.ndarray:
-        return np.asarray(self.require("action", "a (T, 14) array of joint targets")[()])
+        return np.asarray(self._vector(ACTION_KEYS, "a (T, 14) array of joint targets")[()])
 
     def instruction(self) -> str | None:
         value = self._attr(INSTRUCTION_ATTRS)

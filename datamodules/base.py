@@ -219,6 +219,13 @@ class HandleCache:
         self.__init__(**state)
 
 
+def unreadable_episode(ref: EpisodeRef, error: BaseException) -> ValueError:
+    """One line naming an episode file that HDF5 opened but cannot read (h5py's OSError / RuntimeError / KeyError)."""
+    detail = " ".join(str(error.args[0] if isinstance(error, KeyError) and error.args else error).split())
+    return ValueError(f"{ref.describe()}: cannot read the episode, the file is corrupt or truncated "
+                      f"({type(error).__name__}: {detail[:200]})")
+
+
 class MissingKeyError(ValueError):
     """A required key is missing from an episode (a ValueError, so the message prints as one plain line)."""
 
@@ -421,6 +428,8 @@ class EpisodeDataset(Dataset):
             except (ValueError, FileNotFoundError) as err:
                 msg = str(err)
                 raise type(err)(msg if info.ref.path in msg else f"{info.ref.describe()} camera '{cam}': {msg}") from None
+            except (OSError, RuntimeError, KeyError) as err:  # a file damaged after setup read it
+                raise unreadable_episode(info.ref, err) from None
         out = []
         for k, step in enumerate(steps):
             for cam, frames in zip(self.cameras, per_camera):
@@ -644,6 +653,15 @@ class EpisodeDataModule(L.LightningDataModule):
         self._ready = True
 
     def _index(self, ref: EpisodeRef, handles: HandleCache) -> EpisodeInfo:
+        """The episode's index entry; a file HDF5 cannot read (corrupt, truncated) is one ValueError naming it."""
+        try:
+            return self._read_index(ref, handles)
+        except (FileNotFoundError, ValueError):
+            raise
+        except (OSError, RuntimeError, KeyError) as e:  # h5py's errors for damaged metadata inside an opened file
+            raise unreadable_episode(ref, e) from None
+
+    def _read_index(self, ref: EpisodeRef, handles: HandleCache) -> EpisodeInfo:
         reader = self.reader_cls(ref, handles, **self.reader_options())
         length = int(reader.length())
         if length < 2:

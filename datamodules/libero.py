@@ -54,11 +54,12 @@ from cosmos_lit.datamodules.hdf5_episodes import (
     json_attr,
     text,
 )
+from cosmos_lit.rollout_files import rollout_image_key
 from cosmos_lit.registry import ConfigError, register
 
 CAMERAS = ("wrist", "primary")  # latent-slot order of the official layout (docs/method.md#latent-layout)
 DEMO_IMAGE_KEYS = {"wrist": "obs/eye_in_hand_rgb", "primary": "obs/agentview_rgb"}
-ROLLOUT_IMAGE_KEYS = {"wrist": "wrist_images", "primary": "primary_images"}
+ROLLOUT_IMAGE_KEYS = {cam: rollout_image_key(cam, jpeg=False) for cam in CAMERAS}  # wrist_images, primary_images
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 ACTION_DIM, PROPRIO_DIM = 7, 9
 ROLLOUT_SUITE = re.compile(r"suite=([A-Za-z0-9_]+)")

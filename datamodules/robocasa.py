@@ -36,14 +36,12 @@ from cosmos_lit.datamodules.hdf5_episodes import (
     json_attr,
     text,
 )
+from cosmos_lit.rollout_files import rollout_image_key
 from cosmos_lit.registry import ConfigError, register
 
 CAMERAS = ("robot0_eye_in_hand", "robot0_agentview_left", "robot0_agentview_right")
-ROLLOUT_IMAGE_KEYS = {
-    "robot0_eye_in_hand": "wrist_images",
-    "robot0_agentview_left": "primary_images",
-    "robot0_agentview_right": "secondary_images",
-}
+# wrist_images, primary_images (left), secondary_images (right)
+ROLLOUT_IMAGE_KEYS = {cam: rollout_image_key(cam, jpeg=False) for cam in CAMERAS}
 PROPRIO_PARTS = ("obs/robot0_gripper_qpos", "obs/robot0_eef_pos", "obs/robot0_eef_quat")
 ARM_ACTION_DIMS, PROPRIO_DIM = 7, 9
 

@@ -36,6 +36,11 @@ def test_statistics_layout_and_values(episodes):
     np.testing.assert_allclose(stats["actions_mean"], pooled.mean(0), rtol=1e-6)
     np.testing.assert_allclose(stats["actions_std"], pooled.std(0), rtol=1e-6)
     np.testing.assert_allclose(stats["actions_median"], np.median(pooled, 0), rtol=1e-6)
+    # mean / std / median in float32, as the official datasets compute them; min / max exact
+    f32 = np.concatenate(acts).astype(np.float32)
+    assert stats["actions_mean"] == f32.mean(0).astype(np.float64).tolist()
+    assert stats["actions_std"] == f32.std(0).astype(np.float64).tolist()
+    assert stats["actions_min"] == pooled.min(0).tolist() and stats["actions_max"] == pooled.max(0).tolist()
     assert all(isinstance(v, list) and len(v) == 2 for k, v in stats.items() if k.startswith("proprio"))
 
 

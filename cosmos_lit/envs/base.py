@@ -53,6 +53,7 @@ class EpisodeResult:
     error: str | None = None
     video_path: str | None = None
     predicted_values: list[float] = field(default_factory=list)
+    rollout_path: str | None = None  # the episode's rollout file, when recorded (cosmos_lit.rollout_files)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

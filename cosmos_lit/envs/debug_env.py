@@ -3,7 +3,8 @@
 Observations are deterministic functions of (seed, step); the episode succeeds at step ``success_at``. Faults can
 be injected on purpose: ``fault="raise"`` raises RuntimeError, ``"exit"`` kills the process with ``os._exit(3)``
 (a crash), ``"hang"`` sleeps forever; ``fault_in`` says where (``"init"``, ``"reset"``, ``"step"``) and
-``fault_at_step`` after how many steps (for ``"step"``).
+``fault_at_step`` after how many steps (for ``"step"``), ``fault_seeds`` for which episodes (default: all; reset
+and step faults only).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class DebugEnv:
         fault: str | None = None,
         fault_in: str = "step",
         fault_at_step: int = 0,
+        fault_seeds: list[int] | None = None,
     ):
         if fault not in FAULTS or fault_in not in FAULT_PLACES:
             raise ValueError(
@@ -43,11 +45,14 @@ class DebugEnv:
         self.image_size, self.action_dim, self.max_steps = int(image_size), int(action_dim), int(max_steps)
         self.success_at = success_at
         self.fault, self.fault_in, self.fault_at_step = fault, fault_in, int(fault_at_step)
+        self.fault_seeds = None if fault_seeds is None else {int(s) for s in fault_seeds}
         self._seed, self._steps = 0, 0
         self._maybe_fault("init")
 
     def _maybe_fault(self, place: str) -> None:
         if self.fault is None or place != self.fault_in or (place == "step" and self._steps < self.fault_at_step):
+            return
+        if self.fault_seeds is not None and (place == "init" or self._seed not in self.fault_seeds):
             return
         if self.fault == "raise":
             raise RuntimeError(f"DebugEnv: injected fault in {place} at step {self._steps}")

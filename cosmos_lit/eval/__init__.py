@@ -9,6 +9,8 @@
   (``model_from_released``) and toy-size stand-ins (``tiny_random_model``).
 - :mod:`~cosmos_lit.eval.report`: success per task / suite / seed, the table, the JSON report.
 - :mod:`~cosmos_lit.eval.run`: the ``python -m cosmos_lit eval --config configs/protocol/<benchmark>.yaml`` verb.
+- :mod:`~cosmos_lit.rollout_files`: rollout files in the Cosmos Policy layout (one HDF5 per episode) and the
+  ``index.json`` of a rollout folder; :mod:`~cosmos_lit.eval.collect`: the ``python -m cosmos_lit collect`` verb.
 """
 
 from cosmos_lit.eval.protocols import (

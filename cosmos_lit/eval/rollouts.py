@@ -4,6 +4,10 @@
 for all live envs together (one batched forward), then each env executes ``policy.execute_steps`` actions open loop.
 An env whose worker crashes is recorded with its error and the others go on. A time budget stops launching waves
 (and ends the running wave at the next chunk boundary); unfinished episodes are reported, not counted as failures.
+
+With ``rollout_dir`` every finished episode is also recorded as a rollout file in the Cosmos Policy layout
+(:mod:`cosmos_lit.rollout_files`: JPEG frames, proprio, executed actions, rewards, success) and listed in the
+folder's ``index.json``; a crashed or cut-off episode is reported in the results and not written.
 """
 
 from __future__ import annotations
@@ -59,9 +63,18 @@ def run_episodes(
     pool: Any = None,
     python_executable: str | None = None,
     on_episode: Callable[[EpisodeResult], None] | None = None,
+    rollout_dir: str | Path | None = None,
+    rollout_attrs: dict[str, Any] | None = None,
 ) -> list[EpisodeResult]:
-    """Run one episode per seed; returns results in seed order (errors and budget cut-offs included)."""
+    """Run one episode per seed; returns results in seed order (errors and budget cut-offs included).
+
+    ``rollout_dir``: record each finished episode there as a rollout file (``EpisodeResult.rollout_path``);
+    ``rollout_attrs``: provenance attributes added to every file (checkpoint, planner, ...).
+    """
     from cosmos_lit.envs.worker import EnvPool
+    from cosmos_lit.rollout_files import RolloutFolder
+
+    folder = RolloutFolder(rollout_dir) if rollout_dir is not None else None  # a refused folder fails before any env
 
     own_pool = pool is None
     if own_pool:
@@ -69,6 +82,10 @@ def run_episodes(
     env_name = str(env_cfg.get("name", "env"))
     task_name = str(env_cfg.get("task", env_cfg.get("env_name", env_cfg.get("suite", ""))))
     cameras = tuple(policy.spec.cameras)
+    recording = None
+    if folder is not None:
+        recording = {"env": env_name, "task": task_name, "env_config": env_cfg, **dict(rollout_attrs or {})}
+        recording["_suite"] = env_cfg.get("suite") if env_cfg.get("name") == "libero" else None
     start = time.monotonic()
     results: list[EpisodeResult] = []
     try:
@@ -79,7 +96,7 @@ def run_episodes(
                 results += [EpisodeResult(env_name, task_name, s, False, 0.0, 0.0, 0, 0.0, error="time budget") for s in wave]
                 continue
             results += _run_wave(policy, pool, env_name, task_name, wave, w0, max_steps, num_videos, video_dir,
-                                 video_fps, cameras, start, time_budget_s)
+                                 video_fps, cameras, start, time_budget_s, folder, recording)
             if on_episode:
                 for r in results[-len(wave):]:
                     on_episode(r)
@@ -91,8 +108,10 @@ def run_episodes(
 
 def _run_wave(policy: Any, pool: Any, env_name: str, task_name: str, wave: list[int], first_index: int,
               max_steps: int | None, num_videos: int, video_dir: str | Path | None, video_fps: float,
-              cameras: tuple[str, ...], start: float, time_budget_s: float | None) -> list[EpisodeResult]:
+              cameras: tuple[str, ...], start: float, time_budget_s: float | None, folder: Any = None,
+              recording: dict[str, Any] | None = None) -> list[EpisodeResult]:
     from cosmos_lit.envs.worker import WorkerError
+    from cosmos_lit.rollout_files import EpisodeRecorder
 
     n = len(wave)
     t0 = time.monotonic()
@@ -108,6 +127,8 @@ def _run_wave(policy: Any, pool: Any, env_name: str, task_name: str, wave: list[
     values: list[list[float]] = [[] for _ in range(n)]
     record = [video_dir is not None and first_index + i < num_videos for i in range(n)]
     frames: list[list[np.ndarray]] = [[_frame(o, cameras)] if record[i] and errors[i] is None else [] for i, o in enumerate(obs)]
+    # rollout files: JPEG bytes as the steps arrive (obs[i] is the observation the executed action was chosen from)
+    recorders = [EpisodeRecorder() if folder is not None and errors[i] is None else None for i in range(n)]
     policy.reset()
     while not all(done):
         if time_budget_s is not None and time.monotonic() - start > time_budget_s:
@@ -135,6 +156,12 @@ def _run_wave(policy: Any, pool: Any, env_name: str, task_name: str, wave: list[
                     errors[i], done[i] = res.message.strip().splitlines()[-1] if res.message.strip() else "worker error", True
                     continue
                 o, r, d, info = res
+                if recorders[i] is not None:
+                    try:
+                        recorders[i].add(obs[i], acts[i], float(r))
+                    except Exception as e:  # an unrecordable observation: the episode runs on, unrecorded
+                        warnings.warn(f"run_episodes: seed {wave[i]} is not recorded: {type(e).__name__}: {e}", stacklevel=2)
+                        recorders[i] = None
                 obs[i] = o
                 steps[i] += 1
                 total[i] += float(r)
@@ -155,9 +182,27 @@ def _run_wave(policy: Any, pool: Any, env_name: str, task_name: str, wave: list[
             except Exception as e:  # a video is a by-product: the episode's result stands without it
                 warnings.warn(f"run_episodes: could not write {path}: {type(e).__name__}: {e}", stacklevel=2)
                 path = None
+        rollout = _write_rollout(folder, recorders[i], recording or {}, seed, success[i], total[i], best[i], errors[i])
         results.append(EpisodeResult(env_name, task_name, seed, success[i], total[i], best[i], steps[i], seconds,
-                                     error=errors[i], video_path=str(path) if path else None, predicted_values=values[i]))
+                                     error=errors[i], video_path=str(path) if path else None, predicted_values=values[i],
+                                     rollout_path=rollout))
     return results
+
+
+def _write_rollout(folder: Any, recorder: Any, recording: dict[str, Any], seed: int, success: bool, total: float,
+                   best: float, error: str | None) -> str | None:
+    """Write one finished episode to the rollout folder; a crashed or cut-off one (``error``) is not written."""
+    if folder is None or recorder is None or error is not None:
+        return None
+    if recorder.steps < 2:  # the DataModules need a current and a future observation
+        warnings.warn(f"run_episodes: seed {seed} ended after {recorder.steps} step(s); not recorded", stacklevel=3)
+        return None
+    attrs = {k: v for k, v in recording.items() if not k.startswith("_")}
+    try:
+        return str(folder.add(recorder, seed, success, total, best, attrs=attrs, suite=recording.get("_suite")))
+    except Exception as e:  # e.g. a full disk: the episode's result stands, reported without its file
+        warnings.warn(f"run_episodes: could not write the rollout of seed {seed}: {type(e).__name__}: {e}", stacklevel=3)
+        return None
 
 
 def summarize(results: list[EpisodeResult]) -> dict[str, float]:
