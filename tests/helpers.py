@@ -131,3 +131,67 @@ class EchoPolicy:
         self.calls.append(len(observations))
         self.queries += 1
         return {"actions": np.repeat(proprio[:, None], 4, axis=1), "latents": None}
+
+
+def in_process(policy: Any, obs: dict[str, Any], seed: int) -> dict[str, Any]:
+    """``policy([obs])`` drawing the noise of ``seed`` (what a server request with ``"seed": seed`` gets)."""
+    saved = policy.queries
+    policy.queries = seed - policy.seed
+    try:
+        return policy([obs])
+    finally:
+        policy.queries = saved
+
+
+class ServeProcess:
+    """``python -m cosmos_lit serve ARGS`` as a subprocess (cwd: the repository) whose stderr lines a thread reads.
+
+    ``wait_for(pattern)``: the first stderr line's match (None when the process exits or after ``timeout_s``);
+    ``stop()``: SIGINT (as Ctrl-C), then (exit code, every stderr line)."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None):
+        import queue
+        import subprocess
+        import sys
+        import threading
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "cosmos_lit", "serve", *args], cwd=REPO,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        self._lines: queue.Queue = queue.Queue()
+        self._reader = threading.Thread(target=lambda: [self._lines.put(x) for x in self.proc.stderr], daemon=True)
+        self._reader.start()
+        self.seen: list[str] = []
+
+    def wait_for(self, pattern: str, timeout_s: float = 180.0) -> Any:
+        import queue
+        import re
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = self._lines.get(timeout=1.0)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    return None
+                continue
+            self.seen.append(line)
+            m = re.search(pattern, line)
+            if m:
+                return m
+        return None
+
+    def stop(self, timeout_s: float = 60.0) -> tuple[int, str]:
+        import signal
+        import subprocess
+
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=10)
+        while not self._lines.empty():
+            self.seen.append(self._lines.get())
+        return int(self.proc.returncode), "".join(self.seen)

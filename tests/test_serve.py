@@ -8,18 +8,14 @@ receive)."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import queue
 import re
-import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
-import msgpack  # the `serve` extra and openpi-client (`dev`): scripts/setup.sh installs both; missing fails, not skips
+import msgpack  # the `serve` extra and openpi-client: scripts/setup.sh installs both; missing fails, not skips
 import numpy as np
 import openpi_client  # noqa: F401
 import pytest
@@ -28,7 +24,7 @@ import websockets  # noqa: F401
 from cosmos_lit.client import CosmosPolicyClient, OpenLoopChunker, ServerError, TemporalEnsembler
 from cosmos_lit.serve import KeyMap, PolicyServer, WireError, packb, parse_request, unpackb
 from cosmos_lit.spec import DataSpec
-from helpers import EchoPolicy
+from helpers import EchoPolicy, ServeProcess, in_process
 
 # openpi-client 0.1.2 calls websockets' connect() without a `with` (deprecated in websockets 17.1): theirs, not ours
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
@@ -56,16 +52,6 @@ def openpi_request(obs: dict, **extra) -> dict:
     """The same observation in openpi's ALOHA convention: images/cam_high (3, H, W), state, prompt."""
     return {"images": {"cam_high": np.ascontiguousarray(obs["images"]["top"].transpose(2, 0, 1))},
             "state": obs["proprio"], "prompt": obs["instruction"], **extra}
-
-
-def in_process(policy, obs: dict, seed: int) -> dict:
-    """``policy([obs])`` drawing the noise of ``seed`` (what a request with "seed": seed gets)."""
-    saved = policy.queries
-    policy.queries = seed - policy.seed
-    try:
-        return policy([obs])
-    finally:
-        policy.queries = saved
 
 
 def raw_connect(port: int):
@@ -418,45 +404,19 @@ def test_temporal_ensembler_weights_overlapping_chunks():
 def test_serve_verb_starts_and_answers_openpi_client():
     from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cosmos_lit", "serve", f"ckpt_path={CKPT}", "port=0", "num_steps=1",
-                             "max_batch=4"], cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    lines: queue.Queue = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True)
-    reader.start()
-    seen: list[str] = []
+    server = ServeProcess(f"ckpt_path={CKPT}", "port=0", "num_steps=1", "max_batch=4")
     try:
-        port = None
-        deadline = time.monotonic() + 180
-        while port is None and time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=1.0)
-            except queue.Empty:
-                if proc.poll() is not None:
-                    break
-                continue
-            seen.append(line)
-            m = re.search(r"serving on ws://127\.0\.0\.1:(\d+)", line)
-            port = int(m.group(1)) if m else None
-        assert port, "".join(seen)
-        assert any("warm-up forwards" in line for line in seen)
-        client = WebsocketClientPolicy(host="127.0.0.1", port=port)
+        m = server.wait_for(r"serving on ws://127\.0\.0\.1:(\d+)")
+        assert m, "".join(server.seen)
+        assert any("warm-up forwards" in line for line in server.seen)
+        client = WebsocketClientPolicy(host="127.0.0.1", port=int(m.group(1)))
         out = client.infer(openpi_request(observation(8)))
         assert out["actions"].shape == (50, 14)
         client._ws.close()
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        reader.join(timeout=10)
-    while not lines.empty():
-        seen.append(lines.get())
-    rest = "".join(seen)
-    assert proc.returncode == 0, rest
-    assert re.search(r"infer client=127\.0\.0\.1:\d+ batch=1 queue_ms=[\d.]+ infer_ms=[\d.]+ total_ms=", rest), rest
+        rc, log = server.stop()
+    assert rc == 0, log
+    assert re.search(r"infer client=127\.0\.0\.1:\d+ batch=1 queue_ms=[\d.]+ infer_ms=[\d.]+ total_ms=", log), log
 
 
 def test_serve_verb_one_line_errors():
@@ -487,14 +447,18 @@ def _example():
 
 
 @pytest.mark.sim
-def test_gym_aloha_through_the_server_matches_in_process_evaluation():
+@pytest.mark.parametrize("front,client_kind", [("openpi", "cosmos"), ("official_http", "official")])
+def test_gym_aloha_through_the_server_matches_in_process_evaluation(front, client_kind):
+    """Each front driven as a robot would drive it (openpi's wire with our client; POST /act in the official request
+    format): the in-process evaluation's successes, rewards and steps on the same seeds and checkpoint."""
     pytest.importorskip("gym_aloha")
     from cosmos_lit.eval.rollouts import run_episodes
 
     seeds, horizon = [100000, 100001], 40
     example = _example()
-    with PolicyServer(load_policy(execute_steps=10), port=0).start() as srv:
-        client = example.connect("127.0.0.1", srv.port, client="cosmos", reproducible=True)
+    with PolicyServer(load_policy(execute_steps=10), front=front, port=0, http_port=0, warmup=False).start() as srv:
+        port = srv.port if front == "openpi" else srv.http_port
+        client = example.connect("127.0.0.1", port, client=client_kind, reproducible=True)
         try:
             served = example.drive_episodes(client, seeds, max_steps=horizon, verbose=False)
         finally:
@@ -504,8 +468,8 @@ def test_gym_aloha_through_the_server_matches_in_process_evaluation():
     env_cfg = {"name": "aloha_sim", "task": "transfer_cube", "cameras": ["top"], "image_size": 64, "max_steps": 400,
                "fast_render": True}
     local = run_episodes(load_policy(execute_steps=10), env_cfg, seeds, num_workers=1, max_steps=horizon)
-    for s, l in zip(served, local):
-        assert l.error is None, l.error
-        assert (s.seed, s.success, s.steps) == (l.seed, l.success, l.steps)
-        assert s.total_reward == pytest.approx(l.total_reward) and s.max_reward == pytest.approx(l.max_reward)
-        np.testing.assert_allclose(s.predicted_values, l.predicted_values, rtol=0, atol=1e-5)
+    for s, ref in zip(served, local):
+        assert ref.error is None, ref.error
+        assert (s.seed, s.success, s.steps) == (ref.seed, ref.success, ref.steps)
+        assert s.total_reward == pytest.approx(ref.total_reward) and s.max_reward == pytest.approx(ref.max_reward)
+        np.testing.assert_allclose(s.predicted_values, ref.predicted_values, rtol=0, atol=1e-5)

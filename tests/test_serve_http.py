@@ -4,19 +4,14 @@ control of both fronts (``cosmos_lit.serve.access``).
 The client side is written to the official request format with json-numpy from PyPI and the standard library
 (``urllib``), as NVIDIA's ``run_aloha_eval.py`` posts it: ``primary_image`` / ``left_wrist_image`` /
 ``right_wrist_image`` (H, W, 3) uint8, ``proprio``, ``task_description``. Every server binds 127.0.0.1 on free ports;
-every request has a time-out."""
+every request has a time-out. gym-aloha driven through /act: tests/test_serve.py (both fronts)."""
 
 from __future__ import annotations
 
 import json
 import os
-import queue
-import re
-import signal
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,7 +24,7 @@ from cosmos_lit.serve import PolicyServer
 from cosmos_lit.serve.access import authorized, check_bind, is_loopback, read_api_key
 from cosmos_lit.serve.official_http import HttpKeys
 from cosmos_lit.serve.wire import WireError
-from helpers import EchoPolicy
+from helpers import EchoPolicy, ServeProcess, in_process
 
 # openpi-client 0.1.2 calls websockets' connect() without a `with` (deprecated in websockets 17.1): theirs, not ours
 pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")
@@ -76,15 +71,6 @@ def act(url: str, request: dict, double: bool = False, headers: dict | None = No
     status, body = post(url, (json.dumps({"encoded": text}) if double else text).encode(), headers)
     decoded = json_numpy.loads(body)
     return status, (json_numpy.loads(decoded) if double and isinstance(decoded, str) else decoded)
-
-
-def in_process(policy, obs: dict, seed: int) -> dict:
-    saved = policy.queries
-    policy.queries = seed - policy.seed
-    try:
-        return policy([obs])
-    finally:
-        policy.queries = saved
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +170,7 @@ def _bad_requests() -> list[tuple[str, bytes, int, str]]:
         ("NaN proprio", with_(proprio=np.full(14, np.nan, np.float32)), 400, "proprio: the proprio state holds NaN"),
         ("no instruction", enc({k: v for k, v in good.items() if k != "task_description"}).encode(), 400,
          "missing the instruction: send one of task_description"),
-        ("object array", obj_array.encode(), 400, "json-numpy array dtype '|O' is refused"),
+        ("object array", obj_array.encode(), 400, "array dtype '|O' is not accepted (object, void and complex"),
         ("array bytes short of its shape", json.dumps(short).encode(), 400,
          "a json-numpy array of shape [15] <f4 could not be decoded"),
         ("bad flag", with_(return_all_query_results="yes"), 400, "return_all_query_results: expected true or false"),
@@ -314,64 +300,13 @@ def test_http_keys_come_from_the_benchmark_config():
 
 
 def test_serve_verb_official_front_answers_and_stops():
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COSMOS_LIT_API_KEY": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "cosmos_lit", "serve", f"ckpt_path={CKPT}", "front=official_http",
-                             "http_port=0", "num_steps=1", "warmup=false"], cwd=ROOT, env=env, stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True)
-    lines: queue.Queue = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True)
-    reader.start()
-    seen: list[str] = []
+    server = ServeProcess(f"ckpt_path={CKPT}", "front=official_http", "http_port=0", "num_steps=1", "warmup=false",
+                          env={"COSMOS_LIT_API_KEY": ""})
     try:
-        url = None
-        deadline = time.monotonic() + 180
-        while url is None and time.monotonic() < deadline:
-            try:
-                line = lines.get(timeout=1.0)
-            except queue.Empty:
-                if proc.poll() is not None:
-                    break
-                continue
-            seen.append(line)
-            m = re.search(r"serving on (http://127\.0\.0\.1:\d+/act)", line)
-            url = m.group(1) if m else None
-        assert url, "".join(seen)
-        status, out = act(url, official_request(6))
+        m = server.wait_for(r"serving on (http://127\.0\.0\.1:\d+/act)")
+        assert m, "".join(server.seen)
+        status, out = act(m.group(1), official_request(6))
         assert status == 200 and len(out["actions"]) == 50
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        reader.join(timeout=10)
-    assert proc.returncode == 0, "".join(seen)
-
-
-# ---------------------------------------------------------------------------------------------------- gym-aloha
-
-
-@pytest.mark.sim
-def test_gym_aloha_through_act_matches_in_process_evaluation():
-    pytest.importorskip("gym_aloha")
-    import importlib.util
-
-    from cosmos_lit.eval.rollouts import run_episodes
-
-    spec = importlib.util.spec_from_file_location("serve_aloha_example", ROOT / "scripts" / "serve_aloha_example.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    seeds, horizon = [100000, 100001], 40
-    with PolicyServer(load_policy(execute_steps=10), front="official_http", http_port=0, warmup=False).start() as srv:
-        client = example.connect("127.0.0.1", srv.http_port, client="official", reproducible=True)
-        served = example.drive_episodes(client, seeds, max_steps=horizon, verbose=False)
-        assert srv.forward_calls == sum(len(r.predicted_values) for r in served) <= 2 * (horizon // 10)
-    env_cfg = {"name": "aloha_sim", "task": "transfer_cube", "cameras": ["top"], "image_size": 64, "max_steps": 400,
-               "fast_render": True}
-    local = run_episodes(load_policy(execute_steps=10), env_cfg, seeds, num_workers=1, max_steps=horizon)
-    for s, ref in zip(served, local):
-        assert ref.error is None, ref.error
-        assert (s.seed, s.success, s.steps) == (ref.seed, ref.success, ref.steps)
-        assert s.total_reward == pytest.approx(ref.total_reward) and s.max_reward == pytest.approx(ref.max_reward)
-        np.testing.assert_allclose(s.predicted_values, ref.predicted_values, rtol=0, atol=1e-5)
+        rc, log = server.stop()
+    assert rc == 0, log

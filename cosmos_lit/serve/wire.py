@@ -66,7 +66,8 @@ def _encode_default(obj: Any) -> Any:
     raise TypeError(f"cannot send a value of type {type(obj).__name__}")
 
 
-def _dtype(value: Any) -> np.dtype:
+def numpy_dtype(value: Any) -> np.dtype:
+    """The numpy dtype a message names (``'<f4'``); WireError for a non-string, an unknown or a refused dtype."""
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     if not isinstance(value, str):
@@ -82,7 +83,7 @@ def _dtype(value: Any) -> np.dtype:
 
 def _decode_hook(obj: dict[Any, Any]) -> Any:
     if _ARRAY in obj:
-        dtype = _dtype(obj.get(b"dtype"))
+        dtype = numpy_dtype(obj.get(b"dtype"))
         shape = obj.get(b"shape")
         data = obj.get(b"data")
         if not isinstance(shape, (list, tuple)) or not all(isinstance(s, int) and s >= 0 for s in shape):
@@ -94,7 +95,7 @@ def _decode_hook(obj: dict[Any, Any]) -> Any:
             raise WireError(f"array of shape {list(shape)} {dtype} needs {expected} bytes, the message holds {len(data)}")
         return np.frombuffer(data, dtype=dtype).reshape(shape)
     if _SCALAR in obj:
-        dtype = _dtype(obj.get(b"dtype"))
+        dtype = numpy_dtype(obj.get(b"dtype"))
         try:
             return dtype.type(obj.get(b"data"))
         except (TypeError, ValueError, OverflowError) as e:
