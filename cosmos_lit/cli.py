@@ -41,8 +41,9 @@ VERBS = """verbs:
   collect   record closed-loop rollouts (HDF5 per episode + index.json) of a checkpoint's eval config, for
             learning from experience: collect ckpt_path=CKPT [eval.num_episodes=200] [eval.seed0=N] [out=DIR]
             [planner=best_of_n] [device=cuda]
-  serve     a policy server (openpi's WebSocket protocol) for robots and simulators elsewhere:
-            serve ckpt_path=CKPT [port=8000] [host=127.0.0.1] [planner=...] [max_batch=8] [batch_wait_ms=5]
+  serve     a policy server for robots and simulators elsewhere: openpi's WebSocket wire and/or the official
+            Cosmos Policy POST /act: serve ckpt_path=CKPT [front=openpi|official_http|both] [port=8000]
+            [http_port=8777] [host=127.0.0.1] [planner=...] [max_batch=8] (API key: $COSMOS_LIT_API_KEY)
   list      registered components: list [backbone|image_encoder|planner|datamodule|env|...]
 """
 
