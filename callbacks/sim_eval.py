@@ -109,6 +109,7 @@ class SimEvalCallback(L.Callback):
         self.reward = torchmetrics.MeanMetric()  # of each episode's total reward: logged as sim/mean_return
         self.max_reward = torchmetrics.MeanMetric()
         self.errors = torchmetrics.SumMetric()
+        self.finished = torchmetrics.SumMetric()  # episodes that ended without an error, over all ranks
         self.history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ hooks
@@ -217,24 +218,32 @@ class SimEvalCallback(L.Callback):
                 pl_module.train()
         save_results(out_dir / f"episodes_rank{rank}.json", results, {"step": step})
         dev = pl_module.device
-        for m in (self.success, self.reward, self.max_reward, self.errors):  # the callback's metrics start on the CPU
+        for m in (self.success, self.reward, self.max_reward, self.errors, self.finished):  # metrics start on the CPU
             m.to(dev)
+        means = (self.success, self.reward, self.max_reward)
+        for m in means:  # every rank updates every metric (weight 0 if it has no episode): compute() syncs all ranks
+            m.update(torch.zeros((), device=dev), weight=0.0)
         for r in results:
             if r.error is None:
                 self.success.update(torch.tensor(float(r.success), device=dev))
                 self.reward.update(torch.tensor(r.total_reward, device=dev))
                 self.max_reward.update(torch.tensor(r.max_reward, device=dev))
             self.errors.update(torch.tensor(float(r.error not in (None, "time budget")), device=dev))
+            self.finished.update(torch.tensor(float(r.error is None), device=dev))
+        self.errors.update(torch.zeros((), device=dev))
+        self.finished.update(torch.zeros((), device=dev))
+        finished = float(self.finished.compute())
+        success, ret, max_reward = (float(m.compute()) for m in means)
         metrics = {
-            "sim/success_rate": float(self.success.compute()) if self.success.update_count else float("nan"),
+            "sim/success_rate": success if finished else float("nan"),
             # the mean per-episode total reward (a return, summed over the steps): not on sim/mean_max_reward's scale
-            "sim/mean_return": float(self.reward.compute()) if self.reward.update_count else float("nan"),
-            "sim/mean_max_reward": float(self.max_reward.compute()) if self.max_reward.update_count else float("nan"),
+            "sim/mean_return": ret if finished else float("nan"),
+            "sim/mean_max_reward": max_reward if finished else float("nan"),
             "sim/errors": float(self.errors.compute()),
-            "sim/episodes": float(sum(r.error is None for r in results) * world),
+            "sim/episodes": finished,
             "sim/eval_seconds": time.monotonic() - t0,
         }
-        for m in (self.success, self.reward, self.max_reward, self.errors):
+        for m in (self.success, self.reward, self.max_reward, self.errors, self.finished):
             m.reset()
         self.history.append({"step": float(step), **metrics})
         for r in results:

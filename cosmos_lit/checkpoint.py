@@ -104,9 +104,22 @@ def load_task(path: str | Path, map_location: str | torch.device = "cpu", trust_
 def load_model(path: str | Path, map_location: str | torch.device = "cpu", trust_pickle: bool = False,
                use_ema: bool = True) -> Any:
     """The ``CosmosPolicyModel`` of a checkpoint (eval mode), with the EMA backbone when the run kept one."""
-    from cosmos_lit.model import CosmosPolicyModel
+    return model_from(read(path, map_location, trust_pickle), path, map_location, use_ema)
 
-    ckpt = upgrade(read(path, map_location, trust_pickle), path)
+
+def model_node(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, Any]:
+    """The ``model`` config node a checkpoint's model is rebuilt from (components without ``pretrained``: the weights
+    come from the checkpoint), with ``sampling`` and ``mask_current_state_for_value`` when the run set them."""
+    return _without_pretrained(dict(upgrade(ckpt, path)["hyper_parameters"]["model"]))
+
+
+def model_from(ckpt: dict[str, Any], path: str | Path = "checkpoint", map_location: str | torch.device = "cpu",
+               use_ema: bool = True) -> Any:
+    """``load_model`` of a checkpoint already read (``read``): for callers that need its other entries as well."""
+    from cosmos_lit.model import CosmosPolicyModel
+    from cosmos_lit.models.adapters import merge_adapters
+
+    ckpt = upgrade(ckpt, path)
     hp = ckpt["hyper_parameters"]
     node = _without_pretrained(dict(hp["model"]))
     options = {k: node.pop(k) for k in MOVED_TO_MODEL if k in node}
@@ -117,10 +130,17 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu", trust
         state.update({f"backbone.{k}": v for k, v in ema.items()})
     missing, unexpected = model.load_state_dict(state, strict=False)
     _check(missing, unexpected, path)
+    merge_adapters(model)  # LoRA (model/adapter=lora) folded into the base weights: plain nn.Linear for inference
     return model.to(map_location).eval()
 
 
 LAYOUT_FIELDS = ("cameras", "proprio_dim", "action_dim", "chunk_size", "image_size", "has_value")
+
+
+def layout_differences(checkpoint_spec: Any, data_spec: Any) -> list[str]:
+    """The ``DataSpec`` fields that fix the latent layout and differ: ``"chunk_size 50 there, 8 here"`` each."""
+    old, new = checkpoint_spec.to_dict(), data_spec.to_dict()
+    return [f"{k} {old.get(k)!r} there, {new.get(k)!r} here" for k in LAYOUT_FIELDS if old.get(k) != new.get(k)]
 
 
 def start_from(task: Any, base: Any, path: str | Path) -> None:
@@ -129,19 +149,21 @@ def start_from(task: Any, base: Any, path: str | Path) -> None:
     The optimizer, schedule and step count start fresh (for the training state, resume with ``ckpt_path``).
 
     Raises ConfigError (one line naming ``path``) when the data's layout or the model's architecture differ."""
-    new, old = task.model.spec.to_dict(), base.spec.to_dict()
-    diff = [f"{k} {old.get(k)!r} there, {new.get(k)!r} here" for k in LAYOUT_FIELDS if old.get(k) != new.get(k)]
+    diff = layout_differences(base.spec, task.model.spec)
     if diff:
         raise ConfigError(f"init_from: {path}: the checkpoint's data layout differs from this run's ({'; '.join(diff)})")
-    state = base.state_dict()
+    from cosmos_lit.models.adapters import adapter_parameter_names, to_adapted_keys
+
+    state = to_adapted_keys(task.model, base.state_dict())  # a LoRA run starts from plain (merged) weights
     try:
         missing, unexpected = task.model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # a size mismatch: another architecture
         detail = " ".join(str(e).split())
         raise ConfigError(f"init_from: {path}: its model does not fit this config's model ({detail[:300]})") from None
-    _check(missing, unexpected, f"init_from: {path}")
-    if task.backbone_ema is not None:
-        task.backbone_ema.module.load_state_dict(base.backbone.state_dict())
+    fresh = adapter_parameter_names(task.model)  # new adapters keep their init (B = 0: the base's function)
+    _check([k for k in missing if k not in fresh], unexpected, f"init_from: {path}")
+    if task.backbone_ema is not None:  # the backbone just loaded (base's weights, and fresh adapters if any)
+        task.backbone_ema.module.load_state_dict(task.model.backbone.state_dict())
 
 
 def embedded_config(path: str | Path, trust_pickle: bool = False) -> dict[str, Any]:

@@ -29,7 +29,8 @@ from cosmos_lit.registry import ConfigError
 
 COMMANDS = ("fit", "validate", "test", "predict", "refine")
 VERBS = """verbs:
-  fit       train: python -m cosmos_lit fit --config configs/aloha_sim.yaml [overrides]
+  fit       train: python -m cosmos_lit fit --config configs/aloha_sim.yaml [overrides]; resume a killed or
+            pre-empted run with the same command + run_dir=DIR ckpt_path=last
   validate  validation metrics and closed-loop simulation of a checkpoint: validate ckpt_path=CKPT
   test      score a checkpoint on the held-out episodes: test ckpt_path=CKPT
   predict   write sampled action chunks, values and imagined future frames of the held-out episodes to
@@ -44,11 +45,30 @@ VERBS = """verbs:
   serve     a policy server for robots and simulators elsewhere: openpi's WebSocket wire and/or the official
             Cosmos Policy POST /act: serve ckpt_path=CKPT [front=openpi|official_http|both] [port=8000]
             [http_port=8777] [host=127.0.0.1] [planner=...] [max_batch=8] (API key: $COSMOS_LIT_API_KEY)
+  export    a checkpoint's deployed model as a pickle-free policy folder (model.safetensors, config.yaml,
+            dataset_statistics.json, README.md) for CosmosPolicy.from_pretrained(DIR): export ckpt_path=CKPT
+            out=DIR [overwrite=true]
+  check-data  decode every frame of every episode of a config's data, report each bad one (file, camera, frame,
+            why), exit 1 if any: check-data --config configs/aloha.yaml data.data_dir=DIR
   list      registered components: list [backbone|image_encoder|planner|datamodule|env|...]
 """
 
 
 # ---------------------------------------------------------------------------------------------------- run directory
+
+
+class Preempted(Exception):
+    """A fit stopped by SIGTERM after writing its last checkpoint (exit status 143, as a shell reports SIGTERM)."""
+
+
+def launched_processes() -> int:
+    """The number of processes an external launcher started for this job (torchrun's WORLD_SIZE, srun's
+    SLURM_NTASKS; 1 when started by hand — Lightning's own launcher passes COSMOS_LIT_RUN_DIR to its children)."""
+    for key in ("WORLD_SIZE", "SLURM_NTASKS"):
+        value = os.environ.get(key, "")
+        if value.isdigit() and int(value) > 1:
+            return int(value)
+    return 1
 
 
 def make_run_dir(cfg: dict[str, Any], command: str) -> Path:
@@ -58,6 +78,9 @@ def make_run_dir(cfg: dict[str, Any], command: str) -> Path:
         path = Path(env)
     elif cfg.get("run_dir"):
         path = Path(cfg["run_dir"])
+    elif launched_processes() > 1:
+        raise CliError(f"run_dir: a launch of {launched_processes()} processes (torchrun / srun) needs "
+                       "run_dir=<one directory on a shared file system>, so that every rank writes the same run")
     else:
         name = cfg.get("run_name") or (cfg.get("data") or {}).get("name", "run")
         path = Path("runs") / str(name) / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{command}"
@@ -126,6 +149,14 @@ def trainer_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
     for key in ("callbacks", "logger", "default_root_dir"):
         if key in trainer_cfg:
             raise CliError(f"trainer.{key}: set by cosmos_lit (use the '{key if key != 'default_root_dir' else 'run_dir'}' config instead)")
+    strategy = trainer_cfg.get("strategy")
+    if isinstance(strategy, dict) and "_target_" in strategy:  # a configured strategy (configs/trainer/fsdp.yaml)
+        from hydra.utils import instantiate
+
+        try:
+            trainer_cfg["strategy"] = instantiate(strategy)
+        except Exception as e:
+            raise CliError(f"trainer.strategy: {hydra_message(e)}") from None
     precision = trainer_cfg.get("precision")
     if precision == "auto":
         import torch
@@ -179,7 +210,13 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, callbacks: list[Any], comm
             if node:
                 loggers.append(build(dict(node), "callback", path="logger", save_dir=str(run_dir)))
     silence_lightning_tips()
-    return L.Trainer(**trainer_cfg, default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers or False)
+    from cosmos_lit.callbacks.checkpointing import AtomicCheckpointIO
+
+    plugins = list(trainer_cfg.pop("plugins", None) or [])
+    if not any(isinstance(p, AtomicCheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())  # a kill during a save never leaves a half checkpoint
+    return L.Trainer(**trainer_cfg, default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers or False,
+                     plugins=plugins)
 
 
 def build_callbacks(cfg: dict[str, Any], run_dir: Path, overrides: list[str], choices: dict[str, Any], command: str) -> list[Any]:
@@ -197,7 +234,10 @@ def build_callbacks(cfg: dict[str, Any], run_dir: Path, overrides: list[str], ch
         ck = dict(cfg.get("checkpoint") or {})
         ck.setdefault("dirpath", str(run_dir / "checkpoints"))
         ck.setdefault("save_last", True)
-        callbacks += [ModelCheckpoint(**ck), RunConfigInCheckpoint(cfg, overrides, choices, task_name)]
+        from cosmos_lit.callbacks.checkpointing import CheckpointOnSigterm
+
+        callbacks += [ModelCheckpoint(**ck), RunConfigInCheckpoint(cfg, overrides, choices, task_name),
+                      CheckpointOnSigterm()]
         if cfg.get("logger"):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
     if command == "predict":
@@ -388,6 +428,18 @@ def collect(config: str | None, overrides: list[str], print_only: bool = False) 
                              write_config=lambda folder: save_run_config(folder, cfg, overrides, choices))
 
 
+def export(overrides: list[str]) -> int:
+    """The ``export`` verb (``cosmos_lit.export``): ``ckpt_path=CKPT out=DIR [overwrite=true] [trust_pickle=true]``."""
+    from rich.markup import escape
+
+    from cosmos_lit.export import export_policy, parse_options
+
+    opts = parse_options(overrides)
+    out = export_policy(**opts)
+    console().print(f"exported {escape(str(opts['ckpt_path']))} -> {escape(str(out))}")
+    return 0
+
+
 def run(command: str, config: str | None, overrides: list[str], print_only: bool = False) -> Any:
     """Compose, build and run one job; returns the trainer (predictions go to ``<run_dir>/predictions.npz``)."""
     import lightning as L
@@ -395,6 +447,12 @@ def run(command: str, config: str | None, overrides: list[str], print_only: bool
     cfg, choices = load_run_config(command, config, overrides)
     if command in ("test", "predict") and not cfg.get("ckpt_path"):
         raise CliError(f"{command}: needs ckpt_path=<checkpoint> (the model to score on the held-out episodes)")
+    if cfg.get("ckpt_path") == "last":
+        if command != "fit":
+            raise CliError(f"ckpt_path=last: resumes a fit; {command} needs a checkpoint file")
+        if not (cfg.get("run_dir") or os.environ.get("COSMOS_LIT_RUN_DIR")):
+            raise CliError("ckpt_path=last: needs run_dir=<the run's directory> (its checkpoints/last.ckpt is resumed; "
+                           "a first start with no checkpoint there trains from scratch)")
     if print_only:
         print_config_tree(cfg, choices)
         return None
@@ -421,27 +479,40 @@ def run(command: str, config: str | None, overrides: list[str], print_only: bool
         dm.load_state_dict({"statistics": base.statistics})
     dm.prepare_data()
     dm.setup("fit" if command in ("fit", "refine") else command)
-    # the run directory is made once the data is known to be there: a run that cannot start leaves nothing behind
-    run_dir = make_run_dir(cfg, command)
-    save_run_config(run_dir, cfg, overrides, choices)
-    print_config_tree(cfg, choices, save_to=run_dir / "config_tree.txt")
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and command != "fit":
-        from cosmos_lit.checkpoint import load_task
+        from cosmos_lit.checkpoint import layout_differences, load_task
 
         task = load_task(ckpt_path)
         ckpt_path = None  # weights are loaded; Lightning need not restore training state
+        diff = layout_differences(task.model.spec, dm.spec)
+        if diff:
+            raise CliError(f"ckpt_path: {cfg['ckpt_path']}: the checkpoint's data layout differs from this config's "
+                           f"data ({'; '.join(diff)}); pass the data it was trained on, or drop --config")
     else:
         task = build_task(cfg, dm)
         if base is not None:
             from cosmos_lit.checkpoint import start_from
 
             start_from(task, base, cfg["init_from"])
+    # the run directory is made once the data and the model are known to be good: a run that cannot start leaves
+    # nothing behind
+    run_dir = make_run_dir(cfg, command)
+    save_run_config(run_dir, cfg, overrides, choices)
+    print_config_tree(cfg, choices, save_to=run_dir / "config_tree.txt")
+    if ckpt_path == "last":  # fit: resume the run directory's newest checkpoint, if it has one
+        ckpt_path = last_checkpoint(cfg, run_dir)
     command = "fit" if command == "refine" else command
     callbacks = build_callbacks(cfg, run_dir, overrides, choices, command)
     trainer = build_trainer(cfg, run_dir, callbacks, command)
     if command == "fit":
-        trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        try:
+            trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+        except SIGTERMException:
+            raise Preempted(f"stopped by SIGTERM at step {trainer.global_step}; continue with the same command and "
+                            f"run_dir={run_dir} ckpt_path=last") from None
         _report_fit(trainer, run_dir)
         return trainer
     if command == "validate":
@@ -453,8 +524,25 @@ def run(command: str, config: str | None, overrides: list[str], print_only: bool
     return trainer
 
 
+def last_checkpoint(cfg: dict[str, Any], run_dir: Path) -> str | None:
+    """What ``ckpt_path=last`` resumes: the newest of the run's ``last*.ckpt`` (periodic, or written on SIGTERM) and
+    Lightning's SLURM requeue checkpoints ``hpc_ckpt_*.ckpt``; None (train from scratch, with a notice) when the run
+    has none yet, so that a job's first start and its restarts share one command."""
+    folder = Path((cfg.get("checkpoint") or {}).get("dirpath") or run_dir / "checkpoints")
+    found = [p for p in folder.glob("last*.ckpt")] + [p for p in run_dir.glob("hpc_ckpt_*.ckpt")]
+    if not found:
+        console(stderr=True).print(f"ckpt_path=last: no checkpoint in {folder} yet; training from step 0")
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    console(stderr=True).print(f"ckpt_path=last: resuming {newest}")
+    return str(newest)
+
+
 def _report_fit(trainer: Any, run_dir: Path) -> None:
     from rich.markup import escape
+
+    if not trainer.is_global_zero:  # one report per run, not one per rank
+        return
 
     best = getattr(trainer.checkpoint_callback, "last_model_path", "") if trainer.checkpoint_callback else ""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "sim/", "train/loss"))}
@@ -519,7 +607,7 @@ def list_registered(kind: str | None) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m cosmos_lit", description="Cosmos Policy post-training and evaluation.",
                                 epilog=VERBS, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=[*COMMANDS, "eval", "collect", "serve", "list"], metavar="command",
+    p.add_argument("command", choices=[*COMMANDS, "eval", "collect", "serve", "export", "check-data", "list"], metavar="command",
                    help="one of the verbs below")
     p.add_argument("--config", "-c", help="primary config file, e.g. configs/aloha_sim.yaml")
     p.add_argument("--print-config", action="store_true", help="print the composed config and exit")
@@ -543,6 +631,12 @@ def main(argv: list[str] | None = None) -> None:
             from cosmos_lit.eval.run import main as eval_main
 
             sys.exit(eval_main(args.config, args.overrides, print_only=args.print_config))
+        if args.command == "export":  # a pickle-free policy folder: cosmos_lit.export
+            sys.exit(export(args.overrides))
+        if args.command == "check-data":  # every frame of every episode: cosmos_lit.check_data
+            from cosmos_lit.check_data import main as check_data_main
+
+            sys.exit(check_data_main(args.config, args.overrides, print_only=args.print_config))
         if args.command == "collect":  # rollouts of a checkpoint for learning from experience
             sys.exit(collect(args.config, args.overrides, print_only=args.print_config))
         if args.command == "serve":  # a policy server: cosmos_lit.serve (docs/serving.md)
@@ -554,6 +648,9 @@ def main(argv: list[str] | None = None) -> None:
                 raise CliError("-m needs --config")
             sys.exit(run_sweep(args.command, args.config, args.overrides, args.dry_run))
         run(args.command, args.config, args.overrides, print_only=args.print_config)
+    except Preempted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        sys.exit(143)
     except (CliError, ConfigError, FileNotFoundError, ValueError, KeyError) as e:
         if os.environ.get("COSMOS_LIT_DEBUG"):
             raise

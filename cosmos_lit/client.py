@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from cosmos_lit.seeding import episode_seed
 from cosmos_lit.serve.wire import packb, unpackb
 
 
@@ -51,9 +52,10 @@ class CosmosPolicyClient:
             when None).
         timeout_s: most seconds to wait for one response (``TimeoutError`` after).
         connect_timeout_s: most seconds to keep retrying the connection (a server that is still warming up).
-        reproducible: send ``seed = metadata["seed"] + i`` with the i-th query since :meth:`reset` (or since
-            connecting): the episode then draws the noise an in-process ``CosmosPolicy`` draws after ``reset()``,
-            query for query. Such queries run unbatched on the server.
+        reproducible: send ``seed = episode_seed(metadata["seed"], episode, i)`` with the i-th query since
+            :meth:`reset` ``(episode)`` (``cosmos_lit.seeding``; ``metadata["seed"] + i`` for episode 0, also since
+            connecting): the episode then draws the noise the in-process evaluation (``run_episodes``) draws for the
+            env seed ``episode``, query for query. Such queries run unbatched on the server.
         api_key: the server's API key, sent as ``Authorization: Api-Key <key>`` (as openpi's client does); a server
             that refuses it raises ``PermissionError``.
 
@@ -73,7 +75,7 @@ class CosmosPolicyClient:
             self.url += f":{int(port)}"
         self.timeout_s = float(timeout_s)
         self.reproducible = bool(reproducible)
-        self.queries = 0
+        self.episode, self.queries = 0, 0
         deadline = time.monotonic() + float(connect_timeout_s)
         while True:
             try:
@@ -106,7 +108,7 @@ class CosmosPolicyClient:
         msg = dict(obs)
         keys = self.metadata.get("keys") or {}
         if seed is None and self.reproducible:
-            seed = int(self.metadata.get("seed", 0)) + self.queries
+            seed = episode_seed(int(self.metadata.get("seed", 0)), self.episode, self.queries)
         if seed is not None:
             msg[keys.get("seed", "seed")] = int(seed)
         if future_images:
@@ -118,8 +120,9 @@ class CosmosPolicyClient:
         self.queries += 1
         return unpackb(answer)
 
-    def reset(self) -> None:
-        """Start a new episode: the reproducible seeds count from 0 again."""
+    def reset(self, episode: int = 0) -> None:
+        """Start a new episode (``episode``: its env seed, for the reproducible seeds): queries count from 0 again."""
+        self.episode = int(episode)
         self.queries = 0
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ channels, h×w latent grid, S image side in pixels, L text tokens, D text width.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
@@ -105,11 +106,12 @@ class Planner(Protocol):
 
     ``plan`` takes normalized inputs (current images (B, N, 3, S, S) in [-1, 1], proprio (B, P) on [-1, 1]) and returns
     at least ``actions`` (B, K, A) normalized and ``latents`` (B, C, T, h, w) of the chosen sample; ``num_steps``
-    is the denoising step count of the direct policy sample (None: the model's default), passed per call.
+    is the denoising step count of the direct policy sample (None: the model's default), passed per call; ``seed``
+    is one base seed for the batch or one per observation.
     """
 
     def plan(self, model: "CosmosPolicyModel", current_images: torch.Tensor, proprio: torch.Tensor,
-             instructions: list[str], seed: int = 0, num_steps: int | None = None) -> dict[str, Any]: ...
+             instructions: list[str], seed: int | Sequence[int] = 0, num_steps: int | None = None) -> dict[str, Any]: ...
 
 
 @runtime_checkable

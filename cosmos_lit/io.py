@@ -8,6 +8,8 @@ A reader never sees a half-written file, and a process killed mid-write leaves a
     write_json_atomic(path, payload)
     with atomic_path(path) as tmp:     # for libraries that write by file name (h5py, PyAV, torch.save)
         h5py.File(tmp, "w") ...
+    with atomic_dir(folder) as tmp:    # a whole folder: it appears complete or not at all
+        (tmp / "a.json").write_text(...)
 
 Imports nothing beyond the standard library, so torch-free processes (simulator workers) can use it.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,3 +92,42 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any, indent: int | 
     """Replace ``path`` with ``payload`` as JSON atomically (the text is built first: a payload that cannot be
     serialised leaves the old file and no temp file)."""
     write_text_atomic(path, json.dumps(payload, indent=indent))
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str], *, replace: bool = False) -> Iterator[Path]:
+    """Yield an empty temp folder beside ``path``; when the block finishes its files are flushed to disk and it is
+    renamed to ``path``, when the block raises it is removed with everything in it (``path`` is left as it was).
+
+    Args:
+        path: the folder to write; missing parent folders are created. It may exist as an empty folder.
+        replace: an existing non-empty ``path`` is swapped out once the block has finished, then deleted (without
+            it such a ``path`` raises ``FileExistsError`` before the block runs). A failed swap puts it back.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path}: exists and is not a folder")
+    if path.is_dir() and not replace and any(path.iterdir()):
+        raise FileExistsError(f"{path}: exists and is not empty")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file() and not f.is_symlink():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.is_dir() and any(path.iterdir()):  # replace: move the old folder aside, then the new one in
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)  # an empty folder at ``path`` is replaced in one rename
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -28,6 +28,7 @@ from torch import nn
 from cosmos_lit import diffusion
 from cosmos_lit.components import Backbone, FrameEncoder, TextEncoder, ValueHead, VectorEncoder, check_component
 from cosmos_lit.layout import POLICY, VALUE, WORLD_MODEL, LatentLayout
+from cosmos_lit.models.adapters import apply_adapter
 from cosmos_lit.registry import ConfigError, build
 from cosmos_lit.spec import DataSpec
 
@@ -64,7 +65,9 @@ class CosmosPolicyModel(nn.Module):
 
     Args:
         components: config nodes ``backbone``, ``image_encoder`` (required), ``vector_encoder`` (default ``tiled``),
-            ``value_head`` (default ``frame``), ``text_encoder`` (default ``hash`` at the backbone's text width).
+            ``value_head`` (default ``frame``), ``text_encoder`` (default ``hash`` at the backbone's text width),
+            and ``adapter`` (default none; ``name: lora``: peft LoRA layers in the backbone and every other weight
+            frozen, ``cosmos_lit.models.adapters``).
         spec: the DataModule's ``DataSpec`` (or its dict).
         statistics: dataset statistics (official keys ``actions_min`` ...), kept so the model is self-contained.
         sampling: ``SamplingConfig`` keys (default: 5 steps, σ 80 → 4, "2ab").
@@ -75,14 +78,15 @@ class CosmosPolicyModel(nn.Module):
                  sampling: dict[str, Any] | None = None, mask_current_state_for_value: bool = False):
         super().__init__()
         components = dict(components)
+        adapter = components.pop("adapter", None)
         unknown = [k for k in components if k not in COMPONENT_KEYS]
         if unknown:
             import difflib
 
             close = difflib.get_close_matches(unknown[0], COMPONENT_KEYS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"model.{unknown[0]}: unknown component{hint}; accepted: {', '.join(COMPONENT_KEYS)}, sampling, "
-                              "mask_current_state_for_value")
+            raise ConfigError(f"model.{unknown[0]}: unknown component{hint}; accepted: {', '.join(COMPONENT_KEYS)}, adapter, "
+                              "sampling, mask_current_state_for_value")
         for key in ("backbone", "image_encoder"):
             if not components.get(key):
                 raise ConfigError(f"model.{key}: missing (choose one with model/{key}=...)")
@@ -123,6 +127,8 @@ class CosmosPolicyModel(nn.Module):
                 f"not fit one latent frame of {math.prod(self.frame_shape)} elements {self.frame_shape}; use a larger "
                 f"data.image_size or a smaller chunk"
             )
+        # last, once every weight exists: LoRA layers in the backbone, only they train (None: no adapter, or merged)
+        self.adapter = apply_adapter(self, adapter)
 
     # ---------------------------------------------------------------- construction
 

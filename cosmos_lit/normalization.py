@@ -5,7 +5,10 @@ Statistics use the official layout: a flat dict of per-dimension lists ::
     {"actions_min": [...], "actions_max": [...], "actions_mean": [...], "actions_std": [...], "actions_median": [...],
      "proprio_min": [...], ..., "proprio_median": [...]}
 
-computed over the demonstrations only and cached as ``dataset_statistics.json`` next to the data.
+computed over the demonstrations only and cached as ``dataset_statistics.json`` next to the data. The cache also
+records what it was computed from, under ``"_source"`` (:func:`statistics_source`: a checksum of every
+demonstration's proprio and action values, the number of episodes, steps and dimensions), so that statistics of
+other data are never used silently; files without it (the official ones, older caches) load the same.
 
 Normalization maps each dimension to [-1, 1]::
 
@@ -28,11 +31,15 @@ from typing import Any
 
 import numpy as np
 
+from cosmos_lit.cache_keys import Checksum, checksum, unordered_checksum
 from cosmos_lit.io import write_json_atomic
 
 STAT_NAMES = ("min", "max", "mean", "std", "median")
 GROUPS = ("actions", "proprio")
 EPS = 1e-8
+SOURCE_KEY = "_source"  # what a cached statistics file was computed from (statistics_source)
+# bump when compute_statistics changes what it writes: caches of the old computation are then recomputed
+STATISTICS_VERSION = 1
 
 
 def _bounds_like(x: Any, stats: Mapping[str, Sequence[float]], group: str) -> tuple[Any, Any]:
@@ -132,21 +139,75 @@ def check_statistics(
             raise ValueError(f"{source}: '{group}_max' is below '{group}_min' at dims {np.nonzero(hi < lo)[0].tolist()}")
 
 
-def load_statistics(path: str | os.PathLike) -> dict[str, list[float]]:
-    """Read a statistics JSON file (official layout); a missing or unreadable file is a clear error."""
+def statistics_source(arrays: Mapping[str, Sequence[np.ndarray]]) -> dict[str, Any]:
+    """What :func:`compute_statistics` would be computed from, as recorded in a statistics cache.
+
+    Args:
+        arrays: group -> one (T_i, D) array per episode, as given to :func:`compute_statistics`.
+
+    Returns:
+        ``{"checksum": 32 hex digits, "episodes": n, "steps": sum of T_i, "dims": {group: D}, "version": ...}``; the
+        checksum covers every value (as float32) and does not depend on the order of the episodes.
+    """
+    groups = sorted(arrays)
+    parts = [list(arrays[g]) for g in groups]
+    counts = {len(p) for p in parts}
+    if len(counts) != 1:
+        raise ValueError(f"statistics_source: groups have different numbers of episodes {dict(zip(groups, map(len, parts)))}")
+    digests, steps = [], 0
+    for per_group in zip(*parts):
+        c = Checksum()
+        for g, a in zip(groups, per_group):
+            a32 = np.asarray(a, dtype=np.float32)
+            c.update(g).update(a32.reshape(len(a32), -1))
+        digests.append(c.hexdigest())
+        steps += len(per_group[0])
+    dims = {g: int(np.asarray(p[0]).reshape(len(p[0]), -1).shape[1]) if p else 0 for g, p in zip(groups, parts)}
+    return {"checksum": checksum(STATISTICS_VERSION, unordered_checksum(digests)), "episodes": len(digests),
+            "steps": int(steps), "dims": dims, "version": STATISTICS_VERSION}
+
+
+def source_difference(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]) -> str | None:
+    """None when a cache recorded ``current``; else what differs, in words (for the notice or the error)."""
+    if not isinstance(recorded, Mapping) or "checksum" not in recorded:
+        return "it records no source (written by an older version, or by hand)"
+    if recorded.get("checksum") == current.get("checksum"):
+        return None
+    if recorded.get("version") != current.get("version"):
+        return f"it was computed by statistics version {recorded.get('version')}, now {current.get('version')}"
+    changes = [f"{k} {recorded.get(k)} -> {current.get(k)}" for k in ("episodes", "steps", "dims")
+               if recorded.get(k) != current.get(k)]
+    return "it was computed from other data (" + ("; ".join(changes) if changes else "same sizes, other values") + ")"
+
+
+def read_statistics(path: str | os.PathLike) -> tuple[dict[str, list[float]], dict[str, Any] | None]:
+    """(statistics, the ``"_source"`` record or None) of a statistics JSON file; see :func:`load_statistics`."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"statistics file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
             stats = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"statistics file {path}: not valid JSON ({e})") from None
     if not isinstance(stats, dict):
         raise ValueError(f"statistics file {path}: expected a JSON object of lists, got {type(stats).__name__}")
-    return {k: [float(x) for x in v] if isinstance(v, list) else v for k, v in stats.items()}
+    source = stats.pop(SOURCE_KEY, None)
+    return ({k: [float(x) for x in v] if isinstance(v, list) else v for k, v in stats.items()},
+            source if isinstance(source, dict) else None)
 
 
-def save_statistics(path: str | os.PathLike, stats: Mapping[str, Sequence[float]]) -> None:
-    """Write statistics (name -> list of floats) as JSON atomically (temp file in the same folder, then rename)."""
-    write_json_atomic(path, {k: [float(x) for x in v] for k, v in stats.items()}, indent=2)
+def load_statistics(path: str | os.PathLike) -> dict[str, list[float]]:
+    """Read a statistics JSON file (official layout; a ``"_source"`` record is left out); a missing or unreadable
+    file is a clear error."""
+    return read_statistics(path)[0]
+
+
+def save_statistics(path: str | os.PathLike, stats: Mapping[str, Sequence[float]],
+                    source: Mapping[str, Any] | None = None) -> None:
+    """Write statistics (name -> list of floats) as JSON atomically (temp file in the same folder, then rename),
+    with ``source`` (:func:`statistics_source`) under ``"_source"`` when given."""
+    payload: dict[str, Any] = {k: [float(x) for x in v] for k, v in stats.items() if k != SOURCE_KEY}
+    if source is not None:
+        payload[SOURCE_KEY] = dict(source)
+    write_json_atomic(path, payload, indent=2)

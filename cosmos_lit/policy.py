@@ -3,6 +3,7 @@
 It wraps a ``CosmosPolicyModel`` (``cosmos_lit.model``) and a planner; it never sees the training task::
 
     policy = CosmosPolicy.from_checkpoint("runs/.../last.ckpt")
+    policy = CosmosPolicy.from_pretrained("exports/my_policy")  # a folder of `python -m cosmos_lit export`
     out = policy([obs_env0, obs_env1])        # obs: {"images": {camera: (H, W, 3) uint8}, "proprio": (P,), "instruction": str}
     out["actions"]                            # (B, K, A) float32 numpy, env units
     out["value"]                              # (B,) predicted V(s') in [0, 1] (when the layout has a value frame)
@@ -15,6 +16,7 @@ chunk the caller executes open loop before querying again (16 of 16 LIBERO, 16 o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ import torch
 
 from cosmos_lit.checkpoint import load_model
 from cosmos_lit.components import Planner
+from cosmos_lit.export import load_pretrained, read_config
 from cosmos_lit.model import CosmosPolicyModel
 from cosmos_lit.registry import ConfigError, build
 
@@ -75,6 +78,19 @@ class CosmosPolicy:
         """Load the model of a cosmos_lit checkpoint (``cosmos_lit.checkpoint.load_model``) and wrap it."""
         return cls(load_model(path, map_location=map_location, trust_pickle=trust_pickle), planner=planner, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        planner: Planner | dict[str, Any] | None = None, **kwargs: Any) -> "CosmosPolicy":
+        """Load a policy folder written by ``python -m cosmos_lit export`` (``cosmos_lit.export``): safetensors, YAML
+        and JSON only, nothing unpickled. The folder's deployment defaults (``policy`` in its ``config.yaml``: the
+        run's planner, ``num_steps``, ``execute_steps``, ``image_pipeline``) apply unless given here; ``planner=None``
+        takes the folder's planner (the direct policy when it names none)."""
+        config = read_config(path)
+        defaults = {k: v for k, v in config["policy"].items() if v is not None}
+        stored_planner = defaults.pop("planner", None)
+        model = load_pretrained(path, map_location=device)
+        return cls(model, planner=stored_planner if planner is None else planner, **{**defaults, **kwargs})
+
     @property
     def device(self) -> torch.device:
         return self.model.device
@@ -87,15 +103,20 @@ class CosmosPolicy:
         return self.pipeline([np.asarray(imgs[c]) for c in self.spec.cameras])
 
     @torch.no_grad()
-    def __call__(self, observations: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, observations: list[dict[str, Any]], seeds: Sequence[int] | None = None) -> dict[str, Any]:
+        """Action chunks for a batch of raw observations. ``seeds``: one noise seed per observation (evaluation
+        passes ``cosmos_lit.seeding.episode_seed``: an episode's actions then do not depend on the episodes that share
+        its batch); default ``seed + i`` for the i-th call, shared by the batch."""
         images = torch.stack([self._images(o) for o in observations]).to(self.device)
         proprio = np.stack([np.asarray(o["proprio"], np.float32) for o in observations])
         if proprio.shape[1] != self.spec.proprio_dim:
             raise ValueError(f"observation proprio has {proprio.shape[1]} dims, the policy expects {self.spec.proprio_dim}")
         proprio_t = torch.from_numpy(self.model.normalize_proprio(proprio).astype(np.float32)).to(self.device)
         instructions = [str(o.get("instruction", "")) for o in observations]
-        out = self.planner.plan(self.model, images, proprio_t, instructions, seed=self.seed + self.queries,
-                                num_steps=self.num_steps)
+        if seeds is not None and len(seeds) != len(observations):
+            raise ValueError(f"seeds: expected one per observation ({len(observations)}), got {len(seeds)}")
+        seed = self.seed + self.queries if seeds is None else [int(s) for s in seeds]
+        out = self.planner.plan(self.model, images, proprio_t, instructions, seed=seed, num_steps=self.num_steps)
         self.queries += 1
         result: dict[str, Any] = {"actions": self._env_actions(out["actions"]), "latents": out["latents"]}
         if "value" in out:

@@ -47,7 +47,11 @@ class HashTextEmbedder(nn.Module):
 
 @register("text_encoder", "t5_cache")
 class T5CacheEmbedder(nn.Module):
-    """Looks instructions up in a T5 embedding cache file (official ``t5_embeddings.pkl`` or our safetensors cache)."""
+    """Looks instructions up in a T5 embedding cache file (official ``t5_embeddings.pkl`` or our safetensors cache).
+
+    The file is the user's: it is verified, never rebuilt. :meth:`check_instructions` (call it with the data's
+    instructions before training) and every lookup stop with one line naming the missing instruction and the file.
+    """
 
     def __init__(self, path: str, dim: int = 1024, trust_pickle: bool = False):
         super().__init__()
@@ -60,14 +64,38 @@ class T5CacheEmbedder(nn.Module):
                 f"built with `python -m cosmos_lit.weights.t5`; point to it with model.text_encoder.path=...)"
             )
         self.dim = dim
+        self.path = str(p)
         self.cache = {k: v.reshape(v.shape[-2], v.shape[-1]).float() for k, v in load_t5_cache(p, trust_pickle=trust_pickle).items()}
         for key, emb in self.cache.items():
             if emb.shape[-1] != dim:
                 raise ConfigError(f"{p}: embedding of '{key}' has dim {emb.shape[-1]}, expected {dim}")
         self.register_buffer("_device_probe", torch.zeros(0), persistent=False)
 
-    def forward(self, instructions: list[str]) -> torch.Tensor:
-        missing = [s for s in instructions if s not in self.cache]
+    def check_instructions(self, instructions: list[str]) -> None:
+        """Raise :class:`MissingInstructionError` naming the first instruction the cache lacks and the file."""
+        missing = [s for s in dict.fromkeys(instructions) if s not in self.cache]
         if missing:
-            raise KeyError(f"instruction not in the T5 cache: '{missing[0]}' ({len(self.cache)} cached instructions)")
+            raise MissingInstructionError(missing_instruction_message(missing, self.cache, self.path))
+
+    def forward(self, instructions: list[str]) -> torch.Tensor:
+        self.check_instructions(instructions)
         return torch.stack([self.cache[s] for s in instructions]).to(self._device_probe.device)
+
+
+class MissingInstructionError(KeyError):
+    """An instruction is not in a T5 embedding cache (a KeyError; the CLI prints its message as one line)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def missing_instruction_message(missing: list[str], cache: dict[str, torch.Tensor], path: str) -> str:
+    """One line: the first missing instruction, how many more, the closest cached one, and the file."""
+    import difflib
+
+    close = difflib.get_close_matches(missing[0], list(cache), n=1, cutoff=0.6)
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    hint = f"; closest cached: '{close[0]}'" if close else ""
+    return (f"instruction '{missing[0]}'{more} is not in the T5 embedding cache {path} ({len(cache)} cached "
+            f"instructions{hint}); build a cache that has it with python -m cosmos_lit.weights.t5 and point "
+            f"model.text_encoder.path to it")

@@ -7,6 +7,7 @@ and matching episodes are reused). Everything else is the ALOHA DataModule.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -79,8 +80,16 @@ class AlohaSimDataModule(AlohaDataModule):
         self.demo_expert = demo_expert
 
     def prepare_data(self) -> None:
-        from cosmos_lit.datamodules.aloha_sim_demos import generate_demos
+        from cosmos_lit.datamodules.aloha_sim_demos import foreign_episodes, generate_demos
 
+        foreign = foreign_episodes(self.data_dir)
+        if foreign:  # before the simulator starts: existing recordings are read with data=aloha, not regenerated
+            raise ConfigError(
+                f"data.data_dir: {self.data_dir} holds {len(foreign)} existing episode file(s) (e.g. "
+                f"{os.path.basename(foreign[0])}) that data=aloha_sim did not generate (no manifest.json), so they are "
+                f"left alone; to train on existing ACT/ALOHA recordings use data=aloha data.data_dir={self.data_dir}, "
+                f"to generate scripted demos point data.data_dir to an empty or new folder"
+            )
         generate_demos(
             self.data_dir, task=self.task, num_episodes=self.num_demos, seed0=self.demo_seed0,
             image_size=self.image_size, cameras=tuple(self.cameras), fast_render=self.fast_render,

@@ -89,6 +89,15 @@ def _read_manifest(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def foreign_episodes(out_dir: str | os.PathLike) -> list[Path]:
+    """HDF5 episode files in ``out_dir`` (recursively) that ``generate_demos`` did not write: the folder has no
+    readable manifest. Such a folder is left alone (see ``generate_demos``)."""
+    out = Path(out_dir)
+    if not out.is_dir() or _read_manifest(out / MANIFEST) is not None:
+        return []
+    return sorted(p for p in out.rglob("*") if p.suffix in (".hdf5", ".h5") and not p.name.startswith("."))
+
+
 def generate_demos(
     out_dir: str | os.PathLike,
     task: str = "transfer_cube",
@@ -166,9 +175,10 @@ def generate_demos(
         say(f"[aloha demos] reusing {num_episodes} {task} episodes in {out} (manifest matches)")
         return paths
     ours = sorted(out.glob("episode_*.hdf5"))
-    if old is None and ours:
+    foreign = foreign_episodes(out)
+    if old is None and foreign:
         raise FileExistsError(
-            f"{out} holds {len(ours)} episode_*.hdf5 files but no {MANIFEST}: they were not written by "
+            f"{out} holds {len(foreign)} HDF5 episode file(s) but no {MANIFEST}: they were not written by "
             f"generate_demos, so they are left alone; pick an empty or new folder"
         )
     if old is not None:

@@ -27,9 +27,11 @@ Readers open files through ``self.handles.h5(path)`` / ``self.handles.video(path
 the process that reads (each loader worker has its own), cached (LRU) and never pickled, and nothing but the
 per-step vectors (proprio, actions) is held in memory; images are read per sample.
 
-``setup()`` indexes every episode once (length, proprio, actions, instruction, success: no image is decoded),
-computes or loads the statistics (``dataset_statistics.json`` in ``data_dir``, demonstrations only, atomic write,
-mismatching dims are an error naming file and key), splits demonstrations by episode (seeded ``val_fraction``),
+``setup()`` indexes every episode once (length, proprio, actions, instruction, success; of the images only frame 0
+of each camera of the first episode is decoded, so a bad first frame is named at set-up), computes or loads the
+statistics (``dataset_statistics.json`` in ``data_dir``, demonstrations only, atomic write, keyed by a checksum of
+the demos' values: a cache of other data is recomputed with a notice; see ``_load_or_compute_statistics``), splits
+demonstrations by episode (seeded ``val_fraction``),
 and publishes ``spec``, ``statistics``, ``instructions``, ``episodes`` (all refs, demos then rollouts; a batch's
 ``"episode"`` indexes this list), ``train_episodes`` and ``val_episodes`` (sorted ids into ``episodes``).
 
@@ -51,16 +53,19 @@ from typing import Any, ClassVar
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
+from cosmos_lit.cache_keys import notice
 from cosmos_lit.images import AugmentParams, ImagePipeline
 from cosmos_lit.layout import POLICY, VALUE, WORLD_MODEL
 from cosmos_lit.normalization import (
     check_statistics,
     compute_statistics,
-    load_statistics,
     normalize,
+    read_statistics,
     save_statistics,
+    source_difference,
+    statistics_source,
     unnormalize,
 )
 from cosmos_lit.registry import ConfigError
@@ -226,6 +231,61 @@ def unreadable_episode(ref: EpisodeRef, error: BaseException) -> ValueError:
                       f"({type(error).__name__}: {detail[:200]})")
 
 
+@dataclass(frozen=True)
+class DataProblem:
+    """One bad episode or run of frames found by :meth:`EpisodeDataModule.check_frames`."""
+
+    episode: str  # EpisodeRef.describe(): the file (and the episode inside it)
+    camera: str | None
+    frames: tuple[int, int] | None  # first and last bad frame (equal for one frame); None: the episode itself
+    reason: str
+
+    def line(self) -> str:
+        where = self.episode
+        if self.camera is not None:
+            where += f" camera '{self.camera}'"
+        if self.frames is not None:
+            a, b = self.frames
+            where += f" frame {a}" if a == b else f" frames {a}-{b}"
+        return f"{where}: {self.reason}"
+
+
+JPEG_SOI, JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+
+
+def frame_problem(frame: Any) -> str | None:
+    """None for a frame that decodes to a uint8 RGB image; else why not (corrupt, truncated, wrong shape)."""
+    from cosmos_lit.images import decode_image, is_encoded
+
+    if is_encoded(frame):
+        data = bytes(np.asarray(frame, dtype=np.uint8).reshape(-1)) if isinstance(frame, np.ndarray) else bytes(frame)
+        if data.startswith(JPEG_SOI) and JPEG_EOI not in data.rstrip(b"\x00")[-256:]:  # EOI ends a whole JPEG
+            return f"corrupt or truncated JPEG ({len(data)} bytes, no end-of-image marker)"
+        try:
+            img = decode_image(data)
+        except ValueError as err:
+            return str(err)
+    else:
+        img = frame
+    if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or 0 in img.shape:
+        desc = f"shape {img.shape} dtype {img.dtype}" if isinstance(img, np.ndarray) else type(img).__name__
+        return f"expected a uint8 RGB image of shape (H, W, 3), got {desc}"
+    return None
+
+
+def _reason(ref: EpisodeRef, err: BaseException) -> str:
+    """An exception as a reason without the episode prefix the readers put in front of it."""
+    msg = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+    msg = " ".join(msg.split())
+    for prefix in (f"{ref.describe()}: ", f"{ref.path}: "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+            break
+    if not isinstance(err, (ValueError, FileNotFoundError)):
+        msg = f"{type(err).__name__}: {msg}"
+    return msg[:300]
+
+
 class MissingKeyError(ValueError):
     """A required key is missing from an episode (a ValueError, so the message prints as one plain line)."""
 
@@ -388,11 +448,17 @@ class EpisodeDataset(Dataset):
             readers[episode] = self.reader_cls(self.episodes[episode].ref, local["handles"], **self.reader_options)
         return readers[episode]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        """Sample ``index``, or ``(index, key)`` from the training stream (``cosmos_lit.sample_stream``): then its
+        sample type and augmentation come from ``default_rng([seed, key])`` and the item carries ``sample_key``,
+        so the sample does not depend on the process or loader worker that reads it."""
+        key = None
+        if isinstance(index, tuple):
+            index, key = index
         e, t, group = self.locate(int(index))
         info = self.episodes[e]
         local = self._process_local()
-        rng: np.random.Generator = local["rng"]
+        rng: np.random.Generator = local["rng"] if key is None else np.random.default_rng([self.seed, int(key)])
         if self.policy_only or group == 0:
             sample_type = POLICY
         else:
@@ -416,6 +482,7 @@ class EpisodeDataset(Dataset):
             "t": torch.tensor(t, dtype=torch.int64),
             "future_t": torch.tensor(future, dtype=torch.int64),
             "augmented": torch.tensor(params is not None),
+            **({} if key is None else {"sample_key": torch.tensor(int(key), dtype=torch.int64)}),
         }
 
     def _images(self, e: int, info: EpisodeInfo, steps: tuple[int, int], params: AugmentParams | None) -> torch.Tensor:
@@ -466,13 +533,16 @@ class EpisodeDataModule(L.LightningDataModule):
         treat_demos_as_success_rollouts: the training demos also feed world-model/value samples as successes.
         rollout_dir: optional folder of rollout episodes (success and failure) for world-model/value samples.
         instruction: fallback task instruction for episodes that carry none.
-        samples_per_epoch: optional epoch length (random subset, or repeats, of the layout each epoch).
+        samples_per_epoch: optional epoch length in samples (default: the layout's length). Training draws one
+            endless seeded stream (``cosmos_lit.sample_stream``); an epoch is ceil(this / global batch) steps of it.
         stride: use every ``stride``-th start index t (1 = all).
         start_steps, start_repeat: training demonstration steps ``t < start_steps`` appear ``start_repeat`` times in
             an epoch's demonstration group (default 1: uniform over steps). At an episode's start the robot's state
             is the same in every episode and only the images say where the objects are; oversampling those steps
             gives that image-to-action mapping more of the training signal.
-        statistics_path: statistics JSON; default ``<data_dir>/dataset_statistics.json``.
+        statistics_path: statistics JSON; default ``<data_dir>/dataset_statistics.json`` (a cache: recomputed when it
+            was computed from other data). A file given here is written when missing, used when it was computed from
+            these demos or carries no record of its source (official statistics files), and an error otherwise.
         flip_images: force the orientation (True: flip every frame); default: the reader's ``upside_down``.
         proprio_dim, action_dim: expected dims (None: take them from the data); a mismatch is an error.
         video_backend: ``auto``, ``decord`` or ``pyav`` for video-stored episodes.
@@ -626,6 +696,7 @@ class EpisodeDataModule(L.LightningDataModule):
         handles = HandleCache(video_backend=self.video_backend)
         try:
             infos = [self._index(ref, handles) for ref in list(demos) + list(rollouts)]
+            self._check_first_frames(infos[0], handles)
         finally:
             handles.close()  # workers open their own handles; none may cross a fork
         self._check_dims(infos)
@@ -652,6 +723,111 @@ class EpisodeDataModule(L.LightningDataModule):
         )
         self._ready = True
 
+    def _check_first_frames(self, info: EpisodeInfo, handles: HandleCache) -> None:
+        """Decode frame 0 of every camera of the first episode as training will (shapes, encoding): a bad frame
+        stops set-up with one line naming the file, camera and frame, not the first training step."""
+        reader = self.reader_cls(info.ref, handles, **self.reader_options())
+        pipeline = ImagePipeline(image_size=self.image_size)
+        for cam in self.cameras:
+            try:
+                frame = reader.frames(cam, [0])[0]
+            except (ValueError, FileNotFoundError) as err:
+                msg = str(err)
+                raise type(err)(msg if info.ref.path in msg else f"{info.ref.describe()} camera '{cam}': {msg}") from None
+            except (OSError, RuntimeError, KeyError, IndexError) as err:
+                raise unreadable_episode(info.ref, err) from None
+            problem = frame_problem(frame)
+            if problem is None:
+                try:
+                    pipeline.frame(frame, flip=info.upside_down)
+                except ValueError as err:
+                    problem = str(err)
+            if problem is not None:
+                raise ValueError(f"{info.ref.describe()} camera '{cam}' frame 0: {problem}")
+
+    # --- check-data ---
+    def check_frames(self, progress: Any = None, chunk: int = 32) -> tuple[list[DataProblem], dict[str, int]]:
+        """Read and decode every frame of every camera of every episode (demonstrations and rollouts).
+
+        Args:
+            progress: optional ``progress(advance, total)``, called with ``(0, total frames)`` once the episodes are
+                known, then with the number of frames checked after each read.
+            chunk: frames read per call of the reader.
+
+        Returns:
+            (problems, counts): every bad episode or frame (consecutive frames with the same reason are one problem,
+            a frame range), and ``{"episodes", "frames"}`` checked.
+        """
+        demos, rollouts = self.find_episodes()
+        refs = list(demos) + list(rollouts)
+        problems: list[DataProblem] = []
+        handles = HandleCache(video_backend=self.video_backend)
+        try:
+            readers, lengths = [], []
+            for ref in refs:
+                reader = self.reader_cls(ref, handles, **self.reader_options())
+                try:
+                    length = int(reader.length())
+                except Exception as err:  # noqa: BLE001 - a checker reports every kind of failure
+                    problems.append(DataProblem(ref.describe(), None, None, _reason(ref, err)))
+                    length = 0
+                readers.append(reader)
+                lengths.append(length)
+            total = sum(lengths) * len(self.cameras)
+            if progress is not None:
+                progress(0, total)
+            for ref, reader, length in zip(refs, readers, lengths):
+                if length == 0:
+                    continue
+                episode_problem = None
+                try:
+                    self._index(ref, handles)
+                except Exception as err:  # noqa: BLE001
+                    episode_problem = DataProblem(ref.describe(), None, None, _reason(ref, err))
+                found = [p for cam in self.cameras for p in self._check_camera(ref, reader, cam, length, chunk, progress)]
+                # the reader's own check may have stopped at a frame listed below: say it once
+                if episode_problem is not None and not any(episode_problem.reason.endswith(p.reason) for p in found):
+                    problems.append(episode_problem)
+                problems += found
+                handles.close()  # one episode's files open at a time
+        finally:
+            handles.close()
+        return problems, {"episodes": len(refs), "frames": total}
+
+    def _check_camera(self, ref: EpisodeRef, reader: EpisodeReader, cam: str, length: int, chunk: int,
+                      progress: Any) -> list[DataProblem]:
+        bad: list[tuple[int, str, str | None]] = []  # (frame, reason, exception type when the read itself failed)
+        for start in range(0, length, chunk):
+            idx = list(range(start, min(start + chunk, length)))
+            try:
+                got = list(reader.frames(cam, idx))
+                if len(got) != len(idx):
+                    raise ValueError(f"the reader returned {len(got)} frames for {len(idx)} indices")
+                results: list[tuple[str | None, str | None]] = [(frame_problem(f), None) for f in got]
+            except Exception:  # noqa: BLE001 - retry frame by frame to name the bad ones
+                results = []
+                for i in idx:
+                    try:
+                        results.append((frame_problem(reader.frames(cam, [i])[0]), None))
+                    except Exception as err:  # noqa: BLE001
+                        results.append((_reason(ref, err), type(err).__name__))
+            bad += [(i, r, kind) for i, (r, kind) in zip(idx, results) if r is not None]
+            if progress is not None:
+                progress(len(idx), None)
+        # consecutive frames with one reason, or that could not be read for one kind of error (a missing or short
+        # video), are one problem over a frame range
+        out: list[DataProblem] = []
+        last_kind: str | None = None
+        for i, reason, kind in bad:
+            last = out[-1] if out else None
+            if (last is not None and last.frames is not None and last.frames[1] == i - 1
+                    and (last.reason == reason or (kind is not None and kind == last_kind))):
+                out[-1] = DataProblem(last.episode, cam, (last.frames[0], i), last.reason)
+            else:
+                out.append(DataProblem(ref.describe(), cam, (i, i), reason))
+            last_kind = kind
+        return out
+
     def _index(self, ref: EpisodeRef, handles: HandleCache) -> EpisodeInfo:
         """The episode's index entry; a file HDF5 cannot read (corrupt, truncated) is one ValueError naming it."""
         try:
@@ -676,7 +852,10 @@ class EpisodeDataModule(L.LightningDataModule):
             if a.ndim != 2 or a.shape[0] != length:
                 raise ValueError(f"{ref.describe()}: {name} has shape {a.shape}; expected ({length}, D)")
             if not np.isfinite(a).all():
-                raise ValueError(f"{ref.describe()}: {name} contains NaN or inf")
+                bad = np.argwhere(~np.isfinite(a))
+                step, dim = (int(v) for v in bad[0])
+                raise ValueError(f"{ref.describe()}: {name} contains NaN or inf ({a[step, dim]} at step {step}, "
+                                 f"dimension {dim}; {len(bad)} value(s) in all); expected finite numbers")
             arrays[name] = a
         reader.check(self.cameras)
         if ref.rollout:
@@ -703,21 +882,63 @@ class EpisodeDataModule(L.LightningDataModule):
                     raise ValueError(f"{info.ref.describe()}: {name} has dimension {got}; expected {want} (as {source})")
 
     def _load_or_compute_statistics(self, demos: list[EpisodeInfo]) -> dict[str, list[float]]:
+        """The checkpoint's statistics (resume, ``init_from``), else the cache if it was computed from these
+        demonstrations, else freshly computed ones (written to the cache atomically).
+
+        A cache records what it was computed from (``statistics_source``: a checksum of the demos' values). In
+        ``data_dir`` (the default) a cache of other data, an older cache without that record, or an unreadable one
+        is recomputed with a one-line notice. A file named by ``data.statistics_path`` is the user's: missing, it is
+        written; recorded from other data, it is an error naming the file (nothing is overwritten); without a record
+        (official statistics files) it is used as given.
+        """
         dims = {"actions": demos[0].actions.shape[1], "proprio": demos[0].proprio.shape[1]}
         if self._checkpoint_statistics is not None:
             check_statistics(self._checkpoint_statistics, dims, source="statistics from the checkpoint")
             return self._checkpoint_statistics
+        arrays = {"actions": [d.actions for d in demos], "proprio": [d.proprio for d in demos]}
+        source = statistics_source(arrays)
         path = self.statistics_file
+        explicit = bool(self.statistics_path)
         if os.path.exists(path):
-            stats = load_statistics(path)
-            check_statistics(stats, dims, source=f"statistics file {path}")
-            return stats
-        stats = compute_statistics({"actions": [d.actions for d in demos], "proprio": [d.proprio for d in demos]})
+            if explicit:
+                stats, recorded = read_statistics(path)
+                why = source_difference(recorded, source) if recorded is not None else None
+                if why is not None:
+                    raise ValueError(
+                        f"statistics file {path} (data.statistics_path): {why}; delete it to recompute it for this "
+                        f"data, or point data.statistics_path to another file"
+                    )
+                check_statistics(stats, dims, source=f"statistics file {path}")
+                if recorded is None:
+                    self._check_range(stats, arrays, path)
+                return stats
+            try:
+                stats, recorded = read_statistics(path)
+                why = source_difference(recorded, source)
+                if why is None:
+                    check_statistics(stats, dims, source=f"statistics file {path}")
+                    return stats
+            except ValueError as e:
+                why = str(e).replace(f"statistics file {path}: ", "")
+            notice(f"dataset statistics {path}: {why}; recomputing them from the {source['episodes']} "
+                   f"demonstrations")
+        stats = compute_statistics(arrays)
         try:
-            save_statistics(path, stats)
+            save_statistics(path, stats, source=source)
         except OSError as e:
             warnings.warn(f"could not cache dataset statistics at {path} ({e}); set data.statistics_path to a writable file")
         return stats
+
+    @staticmethod
+    def _check_range(stats: dict[str, list[float]], arrays: dict[str, list[np.ndarray]], path: str,
+                     limit: float = 1.5) -> None:
+        """A notice when statistics given without a source record normalize the demos far outside [-1, 1]."""
+        for group, parts in arrays.items():
+            rows = np.concatenate(parts)
+            worst = float(np.abs(normalize(rows, stats, group)).max()) if len(rows) else 0.0
+            if worst > limit:
+                notice(f"statistics file {path}: the demonstrations' {group} normalize to values up to {worst:.1f} "
+                       f"(expected within [-1, 1]): these statistics were computed from other data")
 
     def _split(self, n_demo: int) -> tuple[list[int], list[int]]:
         n_val = 0
@@ -764,14 +985,28 @@ class EpisodeDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """The training stream (``cosmos_lit.sample_stream.GlobalBatchStream``): the same global batches and sample
+        randomness for any number of ranks, resumed at the trainer's step."""
+        from cosmos_lit.sample_stream import GlobalBatchStream
+
         ds = self.train_dataset()
-        sampler = None
-        if self.samples_per_epoch is not None:
-            sampler = RandomSampler(ds, replacement=False, num_samples=self.samples_per_epoch)
-        return DataLoader(
-            ds, batch_size=self.batch_size, shuffle=sampler is None, sampler=sampler, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0, drop_last=False,
+        trainer = getattr(self, "trainer", None)
+        rank, world, accumulate = 0, 1, 1
+        if trainer is not None:
+            rank, world, accumulate = trainer.global_rank, trainer.world_size, trainer.accumulate_grad_batches
+        stream = GlobalBatchStream(
+            len(ds), self.batch_size, seed=self.seed, rank=rank, world_size=world, accumulate=accumulate,
+            samples_per_epoch=self.samples_per_epoch, start_batch=self._trained_batches,
         )
+        return DataLoader(
+            ds, batch_size=self.batch_size, sampler=stream, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0, drop_last=True,
+        )
+
+    def _trained_batches(self) -> int:
+        """Per-rank forwards already trained (optimizer steps × accumulation): where the stream resumes."""
+        trainer = getattr(self, "trainer", None)
+        return 0 if trainer is None else trainer.global_step * trainer.accumulate_grad_batches
 
     def val_dataloader(self) -> DataLoader | list:
         ds = self.val_dataset()
@@ -841,6 +1076,6 @@ def sample_type_fractions(dataset: EpisodeDataset) -> dict[int, float]:
 
 
 __all__ = [
-    "EpisodeDataModule", "EpisodeDataset", "EpisodeInfo", "EpisodeReader", "EpisodeRef", "HandleCache", "MissingKeyError",
-    "STATISTICS_FILE", "epoch_layout", "missing_data_dir", "sample_type_fractions", "value_targets",
+    "DataProblem", "EpisodeDataModule", "EpisodeDataset", "EpisodeInfo", "EpisodeReader", "EpisodeRef", "HandleCache", "MissingKeyError",
+    "STATISTICS_FILE", "epoch_layout", "frame_problem", "missing_data_dir", "sample_type_fractions", "value_targets",
 ]

@@ -10,7 +10,11 @@ Two layouts, both read lazily through the per-process handle cache of ``cosmos_l
 
 A camera is stored either as raw frames, (T, H, W, 3) uint8, or as JPEG bytes, (T,) variable-length uint8
 (the ``*_jpeg`` keys). Each camera has a list of candidate keys (:class:`CameraSource`); the first one present in
-the episode is used, and it says whether its frames are stored upside down.
+the episode is used, and it says whether its frames are stored upside down (or, None, that the file says:
+:func:`recorded_upside_down` reads robosuite's ``macros_image_convention`` record).
+
+Also shared: the robomimic ``mask/train`` / ``mask/valid`` demo lists (:func:`file_masks`; the robomimic DataModule
+turns them into the split).
 """
 
 from __future__ import annotations
@@ -25,15 +29,17 @@ import numpy as np
 
 from cosmos_lit.datamodules.base import EpisodeReader, EpisodeRef, MissingKeyError, missing_data_dir
 from cosmos_lit.images import decode_image
+from cosmos_lit.registry import ConfigError
 
 DEMO_KEY = re.compile(r"^demo_(\d+)$")
 
 
 class CameraSource(NamedTuple):
-    """A candidate dataset for one camera: its key (relative to the episode) and orientation."""
+    """A candidate dataset for one camera: its key (relative to the episode) and orientation (None: as the file
+    records it, :meth:`Hdf5EpisodeReader.file_upside_down`)."""
 
     key: str
-    upside_down: bool = False
+    upside_down: bool | None = False
 
 
 def find_hdf5_files(folder: str, exclude: str | None = None) -> list[str]:
@@ -76,6 +82,7 @@ def find_robomimic_episodes(
     select_demo_files: Callable[[list[str]], list[str]] | None = None,
     select_rollout_files: Callable[[list[str]], list[str]] | None = None,
     rollout_selection: str = "",
+    inspect_file: Callable[[Any, str, list[str]], list[str] | None] | None = None,
 ) -> tuple[list[EpisodeRef], list[EpisodeRef]]:
     """(demos, rollouts) of a robomimic benchmark: ``data/demo_<n>`` of every HDF5 file under ``data_dir`` (files
     under ``rollout_dir`` left out) and one episode per HDF5 file under ``rollout_dir`` (none when it is None).
@@ -86,6 +93,8 @@ def find_robomimic_episodes(
         select_demo_files, select_rollout_files: keep a subset of the found paths (e.g. LIBERO suites); may raise
             their own error when the subset is empty.
         rollout_selection: appended to "no rollout *.hdf5 files" when the selection left none (e.g. " of suites ...").
+        inspect_file: called with (open h5py file, path, its ``data/demo_<n>`` keys) for every demo file while it is
+            open (e.g. to read its masks); a list it returns replaces the file's keys (a subset, in its order).
     Raises:
         FileNotFoundError: a missing folder, or one without (selected) HDF5 files; ValueError: a file that is not
         HDF5 or holds no ``demo_<n>`` group.
@@ -104,6 +113,9 @@ def find_robomimic_episodes(
         try:
             with h5py.File(path, "r") as f:
                 keys = demo_keys(f, path)
+                if inspect_file is not None:
+                    kept = inspect_file(f, path, keys)
+                    keys = keys if kept is None else kept
         except OSError as e:
             raise ValueError(f"{path}: cannot open as HDF5 ({e})") from None
         demos += [EpisodeRef(path, key) for key in keys]
@@ -153,6 +165,85 @@ def flag(value: Any) -> float:
     return float(np.asarray(value).reshape(-1)[0])
 
 
+IMAGE_CONVENTION_ATTR = "macros_image_convention"
+IMAGE_CONVENTIONS = {"opengl": True, "opencv": False}  # robosuite's macros.IMAGE_CONVENTION -> stored upside down
+ORIENTATIONS = {"upright": False, "upside_down": True}  # data.image_orientation -> stored upside down
+
+
+def recorded_upside_down(attrs: Any, where: str) -> bool | None:
+    """Whether a robomimic-style file says its frames are stored upside down; None when it records nothing.
+
+    The one record robosuite-based writers leave is the ``data`` group attribute ``macros_image_convention``
+    (LIBERO's ``create_dataset.py`` writes robosuite's ``macros.IMAGE_CONVENTION`` next to the frames it stores as
+    rendered): ``"opengl"`` = bottom row first (upside down), ``"opencv"`` = upright. robosuite has no env keyword
+    for the convention (it is a module macro), so ``env_args`` never records it.
+    """
+    if IMAGE_CONVENTION_ATTR not in attrs:
+        return None
+    value = text(attrs[IMAGE_CONVENTION_ATTR]).strip().lower()
+    if value not in IMAGE_CONVENTIONS:
+        raise ValueError(
+            f"{where}: attribute '{IMAGE_CONVENTION_ATTR}' is '{value}'; expected one of {list(IMAGE_CONVENTIONS)}"
+        )
+    return IMAGE_CONVENTIONS[value]
+
+
+def parse_orientation(value: str | None, key: str = "data.image_orientation") -> bool | None:
+    """``upright`` / ``upside_down`` / None as stored-upside-down True / False / None; a ConfigError otherwise."""
+    if value is None:
+        return None
+    name = str(value).strip().lower()
+    if name not in ORIENTATIONS:
+        raise ConfigError(f"{key}: expected one of {list(ORIENTATIONS)} or null, got '{value}'")
+    return ORIENTATIONS[name]
+
+
+MASK_KEYS = ("train", "valid")
+
+
+def file_masks(f: Any, path: str, keys: Sequence[str]) -> dict[str, list[str]]:
+    """The ``mask/train`` and ``mask/valid`` demo lists of a robomimic file (those present), as ``data/demo_<n>``
+    keys in the mask's order.
+
+    robomimic writes each mask as an array of demo names (bytes, ``b"demo_3"``). A name that is not a demo of the
+    file, or a demo listed in both masks, is one error naming file, mask and demo.
+    """
+    masks: dict[str, list[str]] = {}
+    if "mask" not in f:
+        return masks
+    present = set(keys)
+    for name in MASK_KEYS:
+        key = f"mask/{name}"
+        if key not in f:
+            continue
+        values = np.asarray(f[key][()]).reshape(-1)
+        listed: list[str] = []
+        for value in values:
+            demo = text(value).strip()
+            full = demo if demo.startswith("data/") else f"data/{demo}"
+            if full not in present:
+                raise ValueError(
+                    f"{path}: {key} names demo '{demo}', which is not in group 'data' "
+                    f"({len(present)} demos: {describe_demos(keys)})"
+                )
+            if full not in listed:
+                listed.append(full)
+        masks[name] = listed
+    both = set(masks.get("train", ())) & set(masks.get("valid", ()))
+    if both:
+        first = sorted(both, key=list(keys).index)[0]
+        raise ValueError(f"{path}: demo '{first[len('data/'):]}' is listed in both mask/train and mask/valid")
+    return masks
+
+
+def describe_demos(keys: Sequence[str], limit: int = 4) -> str:
+    """``demo_0, demo_1, ..., demo_9`` for error messages."""
+    names = [k.split("/")[-1] for k in keys]
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[: limit - 1]) + f", ..., {names[-1]}"
+
+
 class Hdf5EpisodeReader(EpisodeReader):
     """Frames of an HDF5 episode whose cameras are resolved from candidate keys.
 
@@ -192,13 +283,32 @@ class Hdf5EpisodeReader(EpisodeReader):
                         )
                     break
             else:
-                tried = " or ".join(f"'{c.key}'" for c in candidates)
-                raise MissingKeyError(f"{self.ref.describe()}: missing key {tried} (images of camera '{camera}')")
+                raise self.missing_camera(camera, candidates)
         return cache[camera]
+
+    def missing_camera(self, camera: str, candidates: Sequence[CameraSource]) -> MissingKeyError:
+        """The error for a camera none of whose candidate keys is in the episode (plus :meth:`camera_inventory`)."""
+        tried = " or ".join(f"'{c.key}'" for c in candidates)
+        inventory = self.camera_inventory()
+        message = f"{self.ref.describe()}: missing key {tried} (images of camera '{camera}')"
+        return MissingKeyError(message + (f"; {inventory}" if inventory else ""))
+
+    def camera_inventory(self) -> str:
+        """What the episode holds instead, for :meth:`missing_camera` (e.g. "the file has cameras: a, b")."""
+        return ""
+
+    def file_upside_down(self) -> bool:
+        """Orientation of the sources whose ``upside_down`` is None (subclasses that use them implement it)."""
+        raise NotImplementedError(
+            f"{type(self).__name__}: a CameraSource with upside_down=None needs file_upside_down()"
+        )
 
     def camera_upside_down(self, cameras: Sequence[str]) -> bool:
         """Orientation shared by ``cameras``; an episode mixing orientations is an error."""
-        flags = {cam: self.source(cam)[0].upside_down for cam in cameras}
+        flags = {}
+        for cam in cameras:
+            flipped = self.source(cam)[0].upside_down
+            flags[cam] = self.file_upside_down() if flipped is None else flipped
         if len(set(flags.values())) > 1:
             raise self.fail(f"cameras mix stored orientations {flags}; set data.flip_images explicitly")
         return next(iter(flags.values()))

@@ -56,7 +56,7 @@ def _read_json(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
@@ -88,15 +88,27 @@ def _read_parquet_rows(paths: Sequence[str], skip_prefix: str = "stats/") -> lis
     return rows
 
 
+def read_info(info_path: str) -> dict[str, Any]:
+    """``meta/info.json``, checked: a JSON object with codebase_version, fps, data_path and a features mapping of
+    {key: {dtype, shape, ...}}; one clear error naming the file and the key otherwise."""
+    info = _read_json(info_path)
+    if not isinstance(info, dict):
+        raise ValueError(f"{info_path}: expected a JSON object (LeRobot's info.json), got {type(info).__name__}")
+    for key in ("codebase_version", "fps", "features", "data_path"):
+        if key not in info:
+            raise MissingKeyError(f"{info_path}: missing key '{key}' (expected a LeRobotDataset info.json)")
+    features = info["features"]
+    if not isinstance(features, dict) or not all(isinstance(ft, dict) and "dtype" in ft for ft in features.values()):
+        raise ValueError(f"{info_path}: key 'features' must map each feature name to {{dtype, shape, ...}}")
+    return info
+
+
 def load_metadata(root: str) -> dict[str, Any]:
     """info, tasks (index -> text) and episode rows of the LeRobotDataset at ``root``; one clear error otherwise."""
     info_path = os.path.join(root, INFO_PATH)
     if not os.path.isfile(info_path):
         raise FileNotFoundError(f"{root}: missing {INFO_PATH} (expected a LeRobotDataset folder written by lerobot)")
-    info = _read_json(info_path)
-    for key in ("codebase_version", "fps", "features", "data_path"):
-        if key not in info:
-            raise MissingKeyError(f"{info_path}: missing key '{key}'")
+    info = read_info(info_path)
     version = str(info["codebase_version"])
     if version not in SUPPORTED_VERSIONS:
         raise ValueError(f"{info_path}: codebase_version '{version}' is not supported; expected one of {SUPPORTED_VERSIONS}")
@@ -192,13 +204,23 @@ def decode_stored_image(data: bytes) -> np.ndarray:
 # Per-process parquet cache
 
 
+def _file_stamp(path: str) -> tuple[int, int]:
+    """(size, modification time) of a file: a rewritten file is read again, never served from the cache."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1)
+    return st.st_size, st.st_mtime_ns
+
+
 class _ParquetCache:
-    """Per-process cache of a few parquet files' small columns and of image row groups (LRU)."""
+    """Per-process cache of a few parquet files' small columns and of image row groups (LRU), keyed by each file's
+    path, size and modification time."""
 
     def __init__(self, max_files: int = 8, max_row_groups: int = 4):
         self.pid = os.getpid()
-        self.columns: OrderedDict[tuple[str, tuple[str, ...]], dict[str, np.ndarray]] = OrderedDict()
-        self.row_groups: OrderedDict[tuple[str, int, str], Any] = OrderedDict()
+        self.columns: OrderedDict[tuple[str, tuple[int, int], tuple[str, ...]], dict[str, np.ndarray]] = OrderedDict()
+        self.row_groups: OrderedDict[tuple[str, tuple[int, int], int, str], Any] = OrderedDict()
         self.max_files, self.max_row_groups = max_files, max_row_groups
 
     def _fresh(self) -> None:
@@ -211,7 +233,7 @@ class _ParquetCache:
         import pyarrow.parquet as pq
 
         self._fresh()
-        key = (path, tuple(names))
+        key = (path, _file_stamp(path), tuple(names))
         if key not in self.columns:
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"LeRobot data file not found: {path}")
@@ -243,11 +265,12 @@ class _ParquetCache:
 
         self._fresh()
         pf = pq.ParquetFile(path)
+        stamp = _file_stamp(path)
         start = 0
         for rg in range(pf.metadata.num_row_groups):
             n = pf.metadata.row_group(rg).num_rows
             if row < start + n:
-                key = (path, rg, column)
+                key = (path, stamp, rg, column)
                 if key not in self.row_groups:
                     self.row_groups[key] = pf.read_row_group(rg, columns=[column]).column(column)
                     while len(self.row_groups) > self.max_row_groups:
@@ -449,7 +472,7 @@ class LeRobotDataModule(EpisodeDataModule):
         info_path = os.path.join(self.data_dir, INFO_PATH)
         if not os.path.isfile(info_path):
             raise FileNotFoundError(f"lerobot: {self.data_dir} has no {INFO_PATH}; expected {expected}")
-        info = _read_json(info_path)
+        info = read_info(info_path)
         cameras = self._camera_map(info, info_path)
         self.cameras = tuple(cameras)
         if self.requested_fps is None:

@@ -11,13 +11,20 @@ Demonstrations (one ``<TASK>_demo.hdf5`` per task, many episodes each; docs/meth
 - original LIBERO: 128², raw frames rendered upside down (``macros_image_convention="opengl"``);
 - Cosmos regenerated (``LIBERO-Cosmos-Policy/success_only/<suite>_no_noops...``): 256², upright, raw or JPEG.
 
-Orientation is decided per file (``data.flip_images`` forces it): the ``macros_image_convention`` attribute when
-present ("opengl" = upside down), else upside down when the file carries the original ``problem_info``
-attribute, else upright (the regenerated files have neither).
+Orientation is decided per file (``data.flip_images`` forces it) by the robomimic rule
+(``datamodules/robomimic.py``): the ``macros_image_convention`` attribute when present ("opengl" = upside down),
+else upside down when the file carries the original ``problem_info`` attribute, else upright (the regenerated
+files have neither).
 
-Instruction: ``problem_info["language_instruction"]`` when present, else the file name parsed as Cosmos Policy
-does (drop ``_demo.hdf5``, split on ``_``, drop every word up to and including the one containing ``SCENE``);
-``instruction_source: file_name`` always uses the file name (the keys of the official T5 cache).
+Instruction: one rule with the LIBERO env (``cosmos_lit.instructions``): the benchmark's ``task.language``, which
+LIBERO derives from the task name, not from the BDDL's ``(:language ...)`` line. The task name is read from the
+original files' ``bddl_file_name`` attribute (else ``env_args["bddl_file"]``), else from the file name
+``<task>_demo.hdf5`` (the regenerated files); so the original ``pick_up_the_black_bowl_between_the_plate_..._demo.hdf5``
+trains with "pick up the black bowl between the plate and ...", the env's text and the key of the official T5
+cache, not with its ``problem_info`` text "Pick the akita black bowl between the plate and ...".
+``instruction_source: file_name`` reads the task name from the file name only; ``problem_info`` uses the BDDL's
+line stored in ``problem_info["language_instruction"]`` (``auto``, the earlier default, is the same), which no LIBERO
+env gives: embed those texts yourself.
 
 Rollouts (``rollout_dir``, e.g. ``LIBERO-Cosmos-Policy/all_episodes``; one episode per file, upright)::
 
@@ -46,16 +53,11 @@ from typing import Any
 import numpy as np
 
 from cosmos_lit.datamodules.base import EpisodeDataModule, EpisodeRef
-from cosmos_lit.datamodules.hdf5_episodes import (
-    CameraSource,
-    Hdf5EpisodeReader,
-    find_robomimic_episodes,
-    flag,
-    json_attr,
-    text,
-)
-from cosmos_lit.rollout_files import rollout_image_key
+from cosmos_lit.datamodules.hdf5_episodes import CameraSource, find_robomimic_episodes, json_attr, text
+from cosmos_lit.datamodules.robomimic import RobomimicEpisodeReader
+from cosmos_lit.instructions import libero_language, libero_task_name
 from cosmos_lit.registry import ConfigError, register
+from cosmos_lit.rollout_files import rollout_image_key
 
 CAMERAS = ("wrist", "primary")  # latent-slot order of the official layout (docs/method.md#latent-layout)
 DEMO_IMAGE_KEYS = {"wrist": "obs/eye_in_hand_rgb", "primary": "obs/agentview_rgb"}
@@ -63,24 +65,13 @@ ROLLOUT_IMAGE_KEYS = {cam: rollout_image_key(cam, jpeg=False) for cam in CAMERAS
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 ACTION_DIM, PROPRIO_DIM = 7, 9
 ROLLOUT_SUITE = re.compile(r"suite=([A-Za-z0-9_]+)")
+INSTRUCTION_SOURCES = ("task_name", "file_name", "problem_info", "auto")
 
 
 def instruction_from_file_name(path: str) -> str:
-    """Cosmos Policy's parse: ``KITCHEN_SCENE3_turn_on_the_stove_demo.hdf5`` -> "turn on the stove"."""
-    stem = os.path.basename(path)
-    for ext in (".hdf5", ".h5"):
-        if stem.endswith(ext):
-            stem = stem[: -len(ext)]
-    if stem.endswith("_demo"):
-        stem = stem[: -len("_demo")]
-    words: list[str] = []
-    for w in stem.split("_"):
-        if "SCENE" in w:
-            words = []
-            continue
-        if w:
-            words.append(w)
-    return " ".join(words)
+    """The env's instruction for a demo file name: ``KITCHEN_SCENE3_turn_on_the_stove_demo.hdf5`` -> "turn on the
+    stove" (``cosmos_lit.instructions``)."""
+    return libero_language(libero_task_name(path))
 
 
 def noop_mask(actions: np.ndarray, threshold: float = 1e-4) -> np.ndarray:
@@ -109,7 +100,7 @@ def suite_matches(path: str, root: str, suite: str) -> bool:
     return any(f == suite or f.startswith(suite + "_") for f in folders)
 
 
-class LiberoEpisodeReader(Hdf5EpisodeReader):
+class LiberoEpisodeReader(RobomimicEpisodeReader):
     """One LIBERO demo (``ref.key = data/demo_<n>``) or one rollout file (``ref.rollout``)."""
 
     # --- steps (no-op filtering) ---
@@ -151,38 +142,41 @@ class LiberoEpisodeReader(Hdf5EpisodeReader):
         return p[self._keep()]
 
     # --- metadata ---
-    def _file_attrs(self):  # noqa: ANN202 - h5py AttributeManager
-        f = self.handles.h5(self.ref.path)
-        return f.attrs if self.ref.rollout else (f["data"].attrs if "data" in f else {})
+    def task_name(self) -> str:
+        """The LIBERO task of this demo file: the ``bddl_file_name`` attribute, else ``env_args["bddl_file"]``,
+        else the file name (``instruction_source: file_name``: the file name only)."""
+        if self.options.get("instruction_source", "task_name") != "file_name":
+            attrs = self.data_attrs()
+            if "bddl_file_name" in attrs and text(attrs["bddl_file_name"]).strip():
+                return libero_task_name(text(attrs["bddl_file_name"]).strip())
+            env_args = json_attr(attrs, "env_args", f"{self.ref.path} group 'data'")
+            if env_args and str(env_args.get("bddl_file", "")).strip():
+                return libero_task_name(str(env_args["bddl_file"]).strip())
+        return libero_task_name(self.ref.path)
 
     def instruction(self) -> str | None:
-        attrs = self._file_attrs()
+        attrs = self.data_attrs()
         if self.ref.rollout:
             return text(attrs["task_description"]).strip() or None if "task_description" in attrs else None
-        if self.options.get("instruction_source", "auto") == "auto":
+        if self.options.get("instruction_source", "task_name") in ("problem_info", "auto"):
             info = json_attr(attrs, "problem_info", f"{self.ref.path} group 'data'")
             if info and str(info.get("language_instruction", "")).strip():
                 return str(info["language_instruction"]).strip()
-        return instruction_from_file_name(self.ref.path) or None
-
-    def success(self) -> float | None:
-        attrs = self._file_attrs()
-        return flag(attrs["success"]) if "success" in attrs else None
+        return libero_language(self.task_name()) or None
 
     def camera_sources(self, camera: str) -> list[CameraSource]:
         keys = ROLLOUT_IMAGE_KEYS if self.ref.rollout else DEMO_IMAGE_KEYS
         if camera not in keys:
             raise ConfigError(f"data.cameras: unknown LIBERO camera '{camera}'; expected some of {list(keys)}")
-        flipped = self._stored_upside_down()
-        return [CameraSource(keys[camera] + "_jpeg", flipped), CameraSource(keys[camera], flipped)]
-
-    def _stored_upside_down(self) -> bool:
         if self.ref.rollout:
-            return False
-        attrs = self._file_attrs()
-        if "macros_image_convention" in attrs:
-            return text(attrs["macros_image_convention"]).strip().lower() == "opengl"
-        return "problem_info" in attrs
+            return self.rollout_camera_sources(camera)
+        return [CameraSource(keys[camera] + "_jpeg", None), CameraSource(keys[camera], None)]
+
+    def unrecorded_upside_down(self) -> bool:
+        return "problem_info" in self.data_attrs()  # the original files are rendered upside down
+
+    def camera_inventory(self) -> str:
+        return ""
 
 
 @register("datamodule", "libero")
@@ -197,7 +191,9 @@ class LiberoDataModule(EpisodeDataModule):
             ``libero_90``); None keeps every file under ``data_dir``.
         filter_noops: drop no-op steps of the demonstrations (use for the original LIBERO files).
         noop_threshold: motion norm below which a step is a no-op.
-        instruction_source: ``auto`` (problem_info, else the file name) or ``file_name``.
+        instruction_source: ``task_name`` (the env's instruction: the task named by ``bddl_file_name``, else by the
+            file name), ``file_name`` (from the file name only) or ``problem_info`` (the BDDL's own line that the
+            original files store; ``auto`` is the same).
         Other keys: see ``EpisodeDataModule``.
     """
 
@@ -210,7 +206,7 @@ class LiberoDataModule(EpisodeDataModule):
         suites: Sequence[str] | None = None,
         filter_noops: bool = False,
         noop_threshold: float = 1e-4,
-        instruction_source: str = "auto",
+        instruction_source: str = "task_name",
         cameras: Sequence[str] = CAMERAS,
         proprio_dim: int | None = PROPRIO_DIM,
         action_dim: int | None = ACTION_DIM,
@@ -222,8 +218,10 @@ class LiberoDataModule(EpisodeDataModule):
         unknown = [c for c in self.cameras if c not in CAMERAS]
         if unknown:
             raise ConfigError(f"data.cameras: unknown LIBERO camera(s) {unknown}; expected some of {list(CAMERAS)}")
-        if instruction_source not in ("auto", "file_name"):
-            raise ConfigError(f"data.instruction_source: expected 'auto' or 'file_name', got '{instruction_source}'")
+        if instruction_source not in INSTRUCTION_SOURCES:
+            raise ConfigError(
+                f"data.instruction_source: expected one of {list(INSTRUCTION_SOURCES)}, got '{instruction_source}'"
+            )
         if float(noop_threshold) < 0:
             raise ConfigError(f"data.noop_threshold: must be >= 0, got {noop_threshold}")
         self.suites = None if suites is None else [str(s) for s in ([suites] if isinstance(suites, str) else suites)]

@@ -10,8 +10,19 @@ Demonstrations (many ``data/demo_<n>`` per file; docs/method.md#demonstration-fi
         obs/robot0_eye_in_hand_rgb[_jpeg], obs/robot0_agentview_left_rgb[_jpeg], obs/robot0_agentview_right_rgb[_jpeg]
             Cosmos regenerated, 224², upright, raw or JPEG
         obs/robot0_eye_in_hand_image, obs/robot0_agentview_left_image, obs/robot0_agentview_right_image
-            human v0.1 (``demo_gentex_im128_randcams.hdf5``), 128², upside down (OpenGL)
+            human v0.1 (``demo_gentex_im128_randcams.hdf5``), 128², taken as upside down (see Orientation)
     instruction: demo attribute ``task_description``, else ``ep_meta`` JSON ``lang``
+
+Orientation: the Cosmos ``*_rgb[_jpeg]`` frames are upright. The human ``*_image`` frames follow the robomimic
+rule (``datamodules/robomimic.py``): ``data.image_orientation`` when given, else the file's
+``macros_image_convention``, else upside down, the documented RoboCasa fact (reference/simulators.md §D). Not
+checked on a real file: RoboCasa's ``dataset_states_to_obs.py`` stores frames through ``EnvRobocasa.get_observation``,
+which flips robosuite's render once (``[::-1]``), so files converted with robosuite's default convention may well
+be upright; check one (``h5py``: does ``obs/robot0_agentview_left_image[0]`` show the floor at the bottom?) and set
+``data.image_orientation`` accordingly.
+
+Split: the files' ``mask/train`` / ``mask/valid`` when present (``data.use_file_masks``), as the robomimic
+DataModule; else the seeded ``val_fraction`` split.
 
 Rollouts (``rollout_dir``, e.g. ``RoboCasa-Cosmos-Policy/all_episodes``; one episode per file, upright)::
 
@@ -22,40 +33,26 @@ Rollouts (``rollout_dir``, e.g. ``RoboCasa-Cosmos-Policy/all_episodes``; one epi
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from typing import Any
 
 import numpy as np
 
-from cosmos_lit.datamodules.base import EpisodeDataModule, EpisodeRef
-from cosmos_lit.datamodules.hdf5_episodes import (
-    CameraSource,
-    Hdf5EpisodeReader,
-    find_robomimic_episodes,
-    flag,
-    json_attr,
-    text,
-)
-from cosmos_lit.rollout_files import rollout_image_key
+from cosmos_lit.datamodules.hdf5_episodes import CameraSource
+from cosmos_lit.datamodules.robomimic import PROPRIO_KEYS, RobomimicDataModule, RobomimicEpisodeReader
 from cosmos_lit.registry import ConfigError, register
+from cosmos_lit.rollout_files import rollout_image_key
 
 CAMERAS = ("robot0_eye_in_hand", "robot0_agentview_left", "robot0_agentview_right")
 # wrist_images, primary_images (left), secondary_images (right)
 ROLLOUT_IMAGE_KEYS = {cam: rollout_image_key(cam, jpeg=False) for cam in CAMERAS}
-PROPRIO_PARTS = ("obs/robot0_gripper_qpos", "obs/robot0_eef_pos", "obs/robot0_eef_quat")
 ARM_ACTION_DIMS, PROPRIO_DIM = 7, 9
 
 
-class RoboCasaEpisodeReader(Hdf5EpisodeReader):
+class RoboCasaEpisodeReader(RobomimicEpisodeReader):
     """One RoboCasa demo (``ref.key = data/demo_<n>``) or one rollout file (``ref.rollout``)."""
 
-    def length(self) -> int:
-        return len(self._all_actions())
-
-    def _all_actions(self) -> np.ndarray:
-        if "_actions_cache" not in self.__dict__:
-            self._actions_cache = self.vector("actions", "a (T, 12) PandaOmron action array")
-        return self._actions_cache
+    def unrecorded_upside_down(self) -> bool:
+        return True  # the human *_image frames, as documented (see the module docstring)
 
     def actions(self) -> np.ndarray:
         a = self._all_actions()
@@ -68,49 +65,38 @@ class RoboCasaEpisodeReader(Hdf5EpisodeReader):
         return a[:, :n]
 
     def proprio(self) -> np.ndarray:
-        group = self.h5
         if self.ref.rollout:
             return self.vector("proprio", "a (T, 9) array: gripper_qpos (2) + eef_pos (3) + eef_quat (4)")
-        if "robot_states" in group:
+        if "robot_states" in self.h5:
             return self.vector("robot_states", "a (T, 9) array")
-        missing = [k for k in PROPRIO_PARTS if k not in group]
+        keys = list(self.options.get("proprio_keys") or PROPRIO_KEYS)
+        missing = [k for k in keys if self.low_dim_key(k) is None]
         if missing:
+            parts = [k if k.startswith("obs/") else f"obs/{k}" for k in keys]
+            first = missing[0] if missing[0].startswith("obs/") else f"obs/{missing[0]}"
             raise self.fail(
-                f"missing key 'robot_states' and '{missing[0]}' (expected robot_states (T, 9), or "
-                f"{' + '.join(PROPRIO_PARTS)} to build it)"
+                f"missing key 'robot_states' and '{first}' (expected robot_states (T, 9), or "
+                f"{' + '.join(parts)} to build it)"
             )
-        return np.concatenate([self.vector(k, "a (T, D) array") for k in PROPRIO_PARTS], axis=1)
-
-    def instruction(self) -> str | None:
-        attrs = self.handles.h5(self.ref.path).attrs if self.ref.rollout else self.h5.attrs
-        if "task_description" in attrs:
-            value = text(attrs["task_description"]).strip()
-            if value:
-                return value
-        meta = json_attr(attrs, "ep_meta", self.ref.describe())
-        if meta and str(meta.get("lang", "")).strip():
-            return str(meta["lang"]).strip()
-        return None
-
-    def success(self) -> float | None:
-        attrs = self.handles.h5(self.ref.path).attrs
-        return flag(attrs["success"]) if "success" in attrs else None
+        return super().proprio()
 
     def camera_sources(self, camera: str) -> list[CameraSource]:
         if camera not in CAMERAS:
             raise ConfigError(f"data.cameras: unknown RoboCasa camera '{camera}'; expected some of {list(CAMERAS)}")
         if self.ref.rollout:
-            key = ROLLOUT_IMAGE_KEYS[camera]
-            return [CameraSource(key + "_jpeg"), CameraSource(key)]
+            return self.rollout_camera_sources(camera)
         return [
             CameraSource(f"obs/{camera}_rgb_jpeg"),
             CameraSource(f"obs/{camera}_rgb"),
-            CameraSource(f"obs/{camera}_image", upside_down=True),
+            CameraSource(f"obs/{camera}_image", None),  # as the file records, else RoboCasa's upside down
         ]
+
+    def camera_inventory(self) -> str:
+        return ""
 
 
 @register("datamodule", "robocasa")
-class RoboCasaDataModule(EpisodeDataModule):
+class RoboCasaDataModule(RobomimicDataModule):
     """RoboCasa demonstrations (human v0.1 or Cosmos-regenerated robomimic HDF5) plus optional rollout files.
 
     Defaults follow the official RoboCasa run: cameras [robot0_eye_in_hand, robot0_agentview_left,
@@ -119,7 +105,8 @@ class RoboCasaDataModule(EpisodeDataModule):
 
     Args:
         arm_action_dims: leading action dims used by the model (7: arm + gripper; the rest move the base).
-        Other keys: see ``EpisodeDataModule``.
+        Other keys: see ``RobomimicDataModule`` (``image_orientation`` applies to the human ``*_image`` frames,
+        ``proprio_keys`` to files without ``robot_states``) and ``EpisodeDataModule``.
     """
 
     reader_cls = RoboCasaEpisodeReader
@@ -147,16 +134,17 @@ class RoboCasaDataModule(EpisodeDataModule):
         self.arm_action_dims = int(arm_action_dims)
 
     def reader_options(self) -> dict:
-        return {"arm_action_dims": self.arm_action_dims}
+        return {**super().reader_options(), "arm_action_dims": self.arm_action_dims}
 
-    def find_episodes(self) -> tuple[list[EpisodeRef], list[EpisodeRef]]:
-        expected = (
+    def expected_files(self) -> tuple[str, str]:
+        return (
             "RoboCasa robomimic HDF5 files (data/demo_<n>/{actions (T,12), robot_states or obs/robot0_eef_*, "
             "obs/robot0_{eye_in_hand,agentview_left,agentview_right}_{rgb[_jpeg]|image}}), e.g. the success_only "
-            "folder of HF nvidia/RoboCasa-Cosmos-Policy (set $COSMOS_DATA to the folder holding RoboCasa-Cosmos-Policy)"
-        )
-        rollout_expected = (
+            "folder of HF nvidia/RoboCasa-Cosmos-Policy (set $COSMOS_DATA to the folder holding "
+            "RoboCasa-Cosmos-Policy)",
             "rollout episode files ({wrist,primary,secondary}_images[_jpeg], proprio, actions; attrs success, "
-            "task_description), e.g. RoboCasa-Cosmos-Policy/all_episodes; data.rollout_dir=null trains without them"
+            "task_description), e.g. RoboCasa-Cosmos-Policy/all_episodes; data.rollout_dir=null trains without them",
         )
-        return find_robomimic_episodes("robocasa", self.data_dir, self.rollout_dir, expected, rollout_expected)
+
+
+__all__ = ["CAMERAS", "RoboCasaDataModule", "RoboCasaEpisodeReader"]

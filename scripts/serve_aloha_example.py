@@ -15,11 +15,10 @@ openpi``: the released ``openpi_client.WebsocketClientPolicy``) every observatio
 loop (``OpenLoopChunker``, as many actions as the server returns: its ``execute_steps``), then the next observation is
 sent.
 
-Same result as the in-process evaluation: each query carries ``seed = server seed + i`` for the episode's i-th
-query (``CosmosPolicyClient(reproducible=True)``), which is the noise an in-process ``CosmosPolicy`` draws after
-``reset()`` (``cosmos_lit.eval.rollouts.run_episodes`` resets it for every wave); so with ``num_workers=1`` (one episode
-per wave) ``run_episodes`` on the same checkpoint, seeds, image size and horizon gives the same success, reward and
-step count per episode. ``--no-reproducible`` lets the server batch the queries with other clients' instead.
+Same result as the in-process evaluation: the episode's i-th query carries ``seed = episode_seed(server seed, env
+seed, i)`` (``cosmos_lit.seeding``; ``CosmosPolicyClient(reproducible=True)`` after ``reset(episode=env seed)``), the
+noise ``cosmos_lit.eval.rollouts.run_episodes`` draws for that episode; so ``run_episodes`` on the same checkpoint,
+seeds, image size and horizon gives the same success, reward and step count per episode. ``--no-reproducible`` lets the server batch the queries with other clients' instead.
 """
 
 from __future__ import annotations
@@ -31,6 +30,8 @@ import time
 from typing import Any
 
 import numpy as np
+
+from cosmos_lit.seeding import episode_seed
 
 
 def openpi_observation(obs: dict[str, Any], image_keys: dict[str, str]) -> dict[str, Any]:
@@ -62,7 +63,7 @@ class _WebSocketClient:
             self.metadata = self._policy.metadata
         self.client = client
         self.reproducible = reproducible
-        self.queries = 0
+        self.episode, self.queries = 0, 0
         cameras = list(self.metadata["spec"]["cameras"])
         self._image_keys = {c: self.metadata["keys"]["images"][c][0] for c in cameras}  # the server's first: openpi's
 
@@ -70,14 +71,14 @@ class _WebSocketClient:
         """One query: ``{"actions": (k, A), "value": float (when the server sends one)}``."""
         request = openpi_observation(obs, self._image_keys)
         if self.reproducible:
-            request[self.metadata["keys"]["seed"]] = int(self.metadata["seed"]) + self.queries
+            request[self.metadata["keys"]["seed"]] = episode_seed(int(self.metadata["seed"]), self.episode, self.queries)
         self.queries += 1
         out = self._policy.infer(request)
         return {"actions": np.asarray(out["actions"]), **({"value": float(out["value"])} if "value" in out else {})}
 
-    def reset(self) -> None:
-        self._policy.reset()
-        self.queries = 0
+    def reset(self, episode: int = 0) -> None:
+        self._policy.reset()  # this wrapper sends the seeds itself
+        self.episode, self.queries = int(episode), 0
 
     def close(self) -> None:
         if self.client == "openpi":
@@ -97,7 +98,7 @@ class OfficialHttpClient:
         self.timeout_s = timeout_s
         self.metadata = self._call("GET", "/metadata")
         self.reproducible = reproducible
-        self.queries = 0
+        self.episode, self.queries = 0, 0
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         import urllib.request
@@ -115,14 +116,14 @@ class OfficialHttpClient:
         request[keys["proprio"]] = np.asarray(obs["proprio"], np.float32)
         request[keys["instruction"]] = obs["instruction"]
         if self.reproducible:
-            request["seed"] = int(self.metadata["seed"]) + self.queries
+            request["seed"] = episode_seed(int(self.metadata["seed"]), self.episode, self.queries)
         self.queries += 1
         out = self._call("POST", "/act", request)
         value = out.get("value_prediction")
         return {"actions": np.stack(out["actions"]), **({"value": float(value)} if value is not None else {})}
 
-    def reset(self) -> None:
-        self.queries = 0
+    def reset(self, episode: int = 0) -> None:
+        self.episode, self.queries = int(episode), 0
 
     def close(self) -> None:
         pass
@@ -154,7 +155,7 @@ def drive_episodes(client: Any, seeds: list[int], task: str = "transfer_cube", m
     try:
         for seed in seeds:
             t0 = time.monotonic()
-            client.reset()
+            client.reset(episode=int(seed))
             chunker = OpenLoopChunker()  # execute every action the server returns (its execute_steps)
             obs = env.reset(int(seed))
             steps, total, best, success, done = 0, 0.0, 0.0, False, False

@@ -21,7 +21,7 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3.11}
 APT_PACKAGES=(libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0 libosmesa6 libgl1 libglib2.0-0)
 TORCH=("torch==2.14.1" "torchvision==0.29.1")
-EXTRAS="sim,video,text,lerobot,serve,dev"
+EXTRAS="sim,video,text,lerobot,serve,lora,dev"
 MUJOCO="3.8.1"
 OPENPI_CLIENT="openpi-client==0.1.2"
 LOG=${SETUP_LOG:-${TMPDIR:-/tmp}/cosmos_lit_setup.log}

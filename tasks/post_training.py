@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torchmetrics
 
@@ -25,6 +26,7 @@ from cosmos_lit import diffusion
 from cosmos_lit.layout import POLICY, VALUE, WORLD_MODEL
 from cosmos_lit.model import CosmosPolicyModel
 from cosmos_lit.registry import ConfigError, bind_kwargs, register
+from cosmos_lit.sample_stream import GlobalBatchStream
 from cosmos_lit.tasks.latent_cache import LatentCache
 
 MODEL_OPTIONS = ("sampling", "mask_current_state_for_value")
@@ -58,6 +60,21 @@ def _non_negative(value: float, path: str) -> float:
     if not float(value) >= 0.0:
         raise ConfigError(f"{path}: expected a number >= 0, got {value}")
     return float(value)
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or Inf; the message names the step and the batch's samples."""
+
+
+def _world_size() -> int:
+    """Processes in the default process group (1 without one, e.g. a task used outside a Trainer)."""
+    return torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+
+
+def _mix(seed: int, key: int) -> int:
+    """A 63-bit generator seed from (run seed, sample key), well spread for neighbouring keys."""
+    a, b = np.random.SeedSequence([int(seed) % (1 << 63), int(key)]).generate_state(2, np.uint32)
+    return (int(a) << 31) ^ int(b)
 
 
 @register("task", "cosmos_policy")
@@ -121,7 +138,7 @@ class CosmosPolicyTask(L.LightningModule):
 
             self.backbone_ema = ModelEmaV3(self.model.backbone, decay=float(ema_decay), use_warmup=True)
             self.backbone_ema.requires_grad_(False)
-        self._ema_step = -1
+        self._noise_seed = 0  # set from the run seed at fit start
         if cache_latents and self.model.image_encoder.sequence_form != "per_image":
             raise ConfigError("task.cache_latents: needs model.image_encoder.sequence_form=per_image (in the faithful "
                               "form a slot's latent depends on the slots before it)")
@@ -149,13 +166,31 @@ class CosmosPolicyTask(L.LightningModule):
     # ---------------------------------------------------------------- Lightning hooks
 
     def on_fit_start(self) -> None:
+        # the run's seed (seed_everything gives every rank the same): with sample_key, the seed of σ and the noise
+        self._noise_seed = torch.initial_seed()
+        if self.latent_cache is not None:  # one cache per fit: its data cannot change under it
+            self.latent_cache = LatentCache(self.model)
         if self.model.image_encoder.normalization == "data":
-            batch = next(iter(self.trainer.datamodule.train_dataloader()))
+            loader = self.trainer.datamodule.train_dataloader()
+            if isinstance(loader.sampler, GlobalBatchStream):  # the stream's head: the same images on every rank
+                images = torch.stack([loader.dataset[key]["images"] for key in loader.sampler.head(32)])
+            else:
+                images = next(iter(loader))["images"][:32]
             n = len(self.model.spec.cameras)
-            images = batch["images"][:32].to(self.device)
+            images = images.to(self.device)
             self.model.calibrate(images[:, :n], images[:, n:])
 
-    def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _sample_generators(self, batch: dict[str, Any]) -> list[torch.Generator] | None:
+        """One CPU generator per sample of a training-stream batch, seeded by (run seed, ``sample_key``), so σ and
+        the noise of a sample do not depend on the rank or the step it was resumed at (``cosmos_lit.sample_stream``);
+        ``None`` for batches without keys (validation, other loaders), which use the global RNG."""
+        keys = batch.get("sample_key")
+        if keys is None:
+            return None
+        return [torch.Generator().manual_seed(_mix(self._noise_seed, int(k))) for k in keys.tolist()]
+
+    def _loss(self, batch: dict[str, Any], generators: list[torch.Generator] | None = None,
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         model, lay = self.model, self.model.layout
         x0 = self.encode_batch(batch)
         sample_type = batch["sample_type"].long()
@@ -164,8 +199,12 @@ class CosmosPolicyTask(L.LightningModule):
         if self.future_image_loss_weight != 1.0:
             future = [lay.future_camera(i) for i in range(lay.num_cameras)]
             loss_mask[:, future] = loss_mask[:, future] * self.future_image_loss_weight
-        sigma = self.sigma_sampler(x0.shape[0], lay.num_frames, device=x0.device)
-        noise = torch.randn_like(x0)
+        if generators is None:
+            sigma = self.sigma_sampler(x0.shape[0], lay.num_frames, device=x0.device)
+            noise = torch.randn_like(x0)
+        else:
+            sigma = torch.cat([self.sigma_sampler(1, lay.num_frames, generator=g) for g in generators]).to(x0.device)
+            noise = torch.cat([torch.randn((1, *x0.shape[1:]), generator=g) for g in generators]).to(x0)
         text = model.text_encoder(list(batch["instruction"]))
         loss, _ = diffusion.diffusion_loss(model.velocity_fn(text), x0, cond_mask, sigma, noise, loss_mask)
         fractions = {
@@ -174,21 +213,45 @@ class CosmosPolicyTask(L.LightningModule):
         return loss, fractions
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        generators = self._sample_generators(batch)
         if self.proprio_noise_std > 0:
             proprio = batch["proprio"]
-            batch = {**batch, "proprio": proprio + self.proprio_noise_std * torch.randn_like(proprio)}
-        loss, fractions = self._loss(batch)
+            if generators is None:
+                noise = torch.randn_like(proprio)
+            else:
+                noise = torch.cat([torch.randn((1, *proprio.shape[1:]), generator=g) for g in generators]).to(proprio)
+            batch = {**batch, "proprio": proprio + self.proprio_noise_std * noise}
+        loss, fractions = self._loss(batch, generators)
+        self._stop_on_non_finite(loss, batch)
         bs = batch["proprio"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        # the mean over all ranks: with equal shards, the loss of the global batch (the same curve for any world size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs, sync_dist=_world_size() > 1)
         for name, frac in fractions.items():
             self.log(f"train/frac_{name}", frac, batch_size=bs)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # once per optimizer step (global_step only advances on those, also under gradient accumulation)
-        if self.backbone_ema is not None and self.global_step != self._ema_step:
-            self._ema_step = self.global_step
-            self.backbone_ema.update(self.model.backbone, step=self.global_step)
+    def _stop_on_non_finite(self, loss: torch.Tensor, batch: dict[str, Any]) -> None:
+        """A NaN/Inf loss on any rank stops every rank (no rank is left waiting in an all-reduce) with the step and
+        the batch's (episode id, t) pairs, instead of training on."""
+        finite = torch.isfinite(loss.detach()).float()
+        if _world_size() > 1:
+            finite = self.trainer.strategy.reduce(finite, reduce_op="min")
+        if bool(finite > 0):
+            return
+        where = ""
+        if "episode" in batch and "t" in batch:
+            pairs = ", ".join(f"({int(e)}, {int(t)})" for e, t in zip(batch["episode"].tolist(), batch["t"].tolist()))
+            where = f"; this rank's samples (episode id, t): {pairs}"
+        raise NonFiniteLossError(
+            f"training stopped at step {self.global_step}: the loss is {float(loss.detach())} on rank "
+            f"{self.global_rank}{where} (check those episodes for NaN/Inf, or lower task.optim.lr)")
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.backbone_ema is not None:
+            # inside the step, so the checkpoint written at this step's end holds this update (an exact resume);
+            # Lightning counts the step after this hook returns, hence + 1
+            self.backbone_ema.update(self.model.backbone, step=self.global_step + 1)
 
     def _score(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
         """Loss on every batch; sampled-prediction L1 errors on the first ``val_sample_batches``."""

@@ -9,6 +9,9 @@ The benchmarks' own writers do not install here (LIBERO and RoboCasa need their 
   agentview_rgb, eye_in_hand_rgb}; actions, states, robot_states, rewards, dones), frames upside down;
 - LIBERO / RoboCasa Cosmos regenerated and rollout files: ``regenerate_{libero,robocasa}_dataset.py`` of
   NVlabs/cosmos-policy (upright frames, ``*_jpeg`` as variable-length uint8 JPEG q95);
+- robomimic: ``convert_robosuite.py`` + ``dataset_states_to_obs.py`` of ARISE-Initiative/robomimic (data attrs
+  env_args, total; demo attrs num_samples, model_file; obs/<camera>_image, obs/robot0_* low-dim keys; actions,
+  states, rewards, dones; mask/train and mask/valid byte arrays of demo names);
 - RoboCasa human v0.1: the robomimic layout of docs/method.md#demonstration-file-schemas (``*_image`` frames
   upside down, 12-D actions, ep_meta JSON with ``lang``);
 - LeRobotDataset v3.0 and v2.1: ``src/lerobot/datasets/{utils,dataset_metadata,dataset_writer}.py`` of
@@ -118,6 +121,7 @@ def write_libero_demos(
     size: int | None = None,
     language: str | None = None,
     skip: Sequence[str] = (),
+    bddl_file_name: str | None = None,
 ) -> str:
     """One LIBERO task file with ``data/demo_<i>`` per episode.
 
@@ -125,32 +129,42 @@ def write_libero_demos(
         episodes: dicts with ``actions`` (T, 7) and ``robot_states`` (T, 9) (see :func:`libero_episode`).
         layout: ``original`` (128², upside down, full data attrs) or ``cosmos`` (256², upright, no data attrs).
         jpeg: store ``*_rgb_jpeg`` instead of raw ``*_rgb``.
-        language: problem_info language (original layout); default: parsed from the file name.
+        language: the BDDL's ``(:language ...)`` line, stored in problem_info (original layout); default: the
+            file name's words, capitalized (the real lines differ from the task name: "Pick the akita black bowl
+            ..." for ``pick_up_the_black_bowl_...``).
         skip: dataset keys (relative to the demo) to leave out, to make broken files.
+        bddl_file_name: the recorded BDDL path (original layout); default
+            ``libero/libero/bddl_files/<suite folder>/<task>.bddl`` for the file's ``<task>_demo.hdf5`` name.
     """
     if layout not in ("original", "cosmos"):
         raise ValueError(f"layout must be original or cosmos, got {layout}")
     original = layout == "original"
     size = size or (128 if original else 256)
-    from cosmos_lit.datamodules.libero import instruction_from_file_name
+    task = os.path.basename(path).removesuffix(".hdf5").removesuffix("_demo")
 
     with _atomic_h5(path) as f:
         grp = f.create_group("data")
         total = 0
         if original:
             problem = "LIBERO_Tabletop_Manipulation"
-            lang = language or instruction_from_file_name(path)
+            lang = language or task.replace("_", " ").capitalize()
+            folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+            suite = folder if folder.startswith("libero_") else "libero_spatial"
+            bddl = bddl_file_name or f"libero/libero/bddl_files/{suite}/{task}.bddl"
             grp.attrs["env_name"] = "Libero_Tabletop_Manipulation"
             grp.attrs["problem_info"] = json.dumps(
                 {"problem_name": problem.lower(), "domain_name": "robosuite", "language_instruction": lang}
             )
             grp.attrs["macros_image_convention"] = "opengl"
-            grp.attrs["bddl_file_name"] = "libero/bddl_files/libero_spatial/task.bddl"
-            grp.attrs["bddl_file_content"] = "(define (problem LIBERO_Tabletop_Manipulation))"
+            grp.attrs["bddl_file_name"] = bddl
+            grp.attrs["bddl_file_content"] = (
+                f"(define (problem {problem})\n  (:domain robosuite)\n  (:language {lang})\n)\n"
+            )
             grp.attrs["env_args"] = json.dumps(
                 {"type": 1, "env_name": "Libero_Tabletop_Manipulation", "problem_name": problem.lower(),
-                 "bddl_file": "task.bddl", "env_kwargs": {"camera_heights": size, "camera_widths": size,
-                                                          "control_freq": 20}}
+                 "bddl_file": bddl, "env_kwargs": {"bddl_file_name": bddl, "camera_heights": size,
+                                                   "camera_widths": size, "control_freq": 20,
+                                                   "camera_names": ["robot0_eye_in_hand", "agentview"]}}
             )
         for i, ep in enumerate(episodes):
             actions, states9 = np.asarray(ep["actions"], np.float64), np.asarray(ep["robot_states"], np.float64)
@@ -213,6 +227,84 @@ def write_cosmos_rollout(
 def libero_rollout_name(suite: str, task: int, ep: int, success: bool) -> str:
     """File name pattern of ``regenerate_libero_dataset.py`` (the suite is read back from it)."""
     return f"episode_data--suite={suite}--2026_01_22-12_00_00--task={task}--ep={ep}--success={success}--regen_demo.hdf5"
+
+
+# ------------------------------------------------------------------------------------------------------- robomimic
+
+
+def write_robomimic_demos(
+    path: str,
+    episodes: Sequence[dict[str, np.ndarray]],
+    cameras: Sequence[str] = ("agentview", "robot0_eye_in_hand"),
+    size: int = 32,
+    stored: str = "upright",
+    image_convention: str | None = None,
+    masks: dict[str, Sequence[str]] | None = None,
+    env_name: str = "Lift",
+    skip: Sequence[str] = (),
+) -> str:
+    """One robomimic image dataset: robosuite's collection converted by robomimic (``convert_robosuite.py`` +
+    ``dataset_states_to_obs.py``), with ``data/demo_<i>`` per episode.
+
+    Args:
+        episodes: dicts with ``actions`` (T, 7) and ``robot_states`` (T, 9) (:func:`libero_episode`), written as
+            ``obs/robot0_gripper_qpos`` (2), ``obs/robot0_eef_pos`` (3), ``obs/robot0_eef_quat`` (4).
+        cameras: ``obs/<camera>_image`` datasets; frame channel 2 encodes the position in this list.
+        stored: ``upright`` (robomimic's conversion under robosuite's default convention) or ``upside_down``.
+        image_convention: written as the ``data`` attribute ``macros_image_convention`` when given (robomimic
+            itself writes none).
+        masks: ``{"train": [demo names], "valid": [...]}`` written as ``mask/<name>`` byte arrays, as robomimic's
+            ``split_train_val_from_hdf5``.
+        skip: dataset keys (relative to the demo) to leave out.
+    """
+    if stored not in ("upright", "upside_down"):
+        raise ValueError(f"stored must be upright or upside_down, got {stored}")
+    with _atomic_h5(path) as f:
+        grp = f.create_group("data")
+        grp.attrs["env_args"] = json.dumps({
+            "env_name": env_name, "env_version": "1.5.2", "type": 1,
+            "env_kwargs": {"robots": ["Panda"], "controller_configs": {"type": "BASIC"}, "has_renderer": False,
+                           "has_offscreen_renderer": True, "ignore_done": True, "use_object_obs": True,
+                           "use_camera_obs": True, "camera_depths": False, "control_freq": 20,
+                           "camera_names": list(cameras), "camera_heights": size, "camera_widths": size,
+                           "reward_shaping": False},
+        })
+        if image_convention is not None:
+            grp.attrs["macros_image_convention"] = image_convention
+        total = 0
+        for i, ep in enumerate(episodes):
+            actions, states9 = np.asarray(ep["actions"], np.float64), np.asarray(ep["robot_states"], np.float64)
+            t = len(actions)
+            demo = grp.create_group(f"demo_{i}")
+            obs = demo.create_group("obs")
+            data = {
+                "obs/robot0_gripper_qpos": states9[:, :2],
+                "obs/robot0_eef_pos": states9[:, 2:5],
+                "obs/robot0_eef_quat": states9[:, 5:9],
+                "obs/robot0_gripper_qvel": make_vectors(t, 2, i + 3),
+                "obs/robot0_joint_pos": make_vectors(t, 7, i + 4),
+                "obs/robot0_joint_pos_cos": np.cos(make_vectors(t, 7, i + 4)),
+                "obs/robot0_joint_pos_sin": np.sin(make_vectors(t, 7, i + 4)),
+                "obs/robot0_joint_vel": make_vectors(t, 7, i + 5),
+                "obs/object": make_vectors(t, 10, i + 6),
+                "actions": actions,
+                "states": make_vectors(t, 32, i + 9),
+                "rewards": (np.arange(t) == t - 1).astype(np.float64),
+                "dones": (np.arange(t) == t - 1).astype(np.int64),
+            }
+            for key, value in data.items():
+                if key not in skip:
+                    demo.create_dataset(key, data=value)
+            for cam_index, cam in enumerate(cameras):
+                if f"obs/{cam}_image" not in skip:
+                    _images(obs, f"{cam}_image", frames(t, cam_index, size, upside_down=stored == "upside_down"), False)
+            demo.attrs["num_samples"] = t
+            demo.attrs["model_file"] = f"<mujoco model='{env_name.lower()}'/>"
+            total += t
+        grp.attrs["total"] = total
+        for name, demos in (masks or {}).items():
+            f.create_dataset(f"mask/{name}", data=np.array([str(d).encode() for d in demos], dtype="S"))
+    return path
 
 
 # -------------------------------------------------------------------------------------------------------- RoboCasa

@@ -156,7 +156,7 @@ def test_final_paths_are_not_hard_wrapped(tmp_path, capsys):
 
     run_dir = tmp_path.joinpath(*["a_rather_long_directory_name"] * 5, "2026-01-01_00-00-00_fit")
     ckpt = run_dir / "checkpoints" / "epoch=0-step=3.ckpt"
-    trainer = SimpleNamespace(checkpoint_callback=SimpleNamespace(last_model_path=str(ckpt)),
+    trainer = SimpleNamespace(is_global_zero=True, checkpoint_callback=SimpleNamespace(last_model_path=str(ckpt)),
                               callback_metrics={"sim/success_rate": 0.5, "other": 1.0})
     _report_fit(trainer, run_dir)  # stdout is captured: not a terminal, as in a log file
     out = capsys.readouterr().out

@@ -265,7 +265,6 @@ def test_ema_backbone_samples_and_follows_training():
         for p in task.model.backbone.parameters():
             p.add_(1.0)
     before = [p.clone() for p in ema.parameters()]
-    task._ema_step = -1
     task.backbone_ema.update(task.model.backbone, step=1)  # warm-up: the first update copies the weights
     for b, p, q in zip(before, ema.parameters(), task.model.backbone.parameters()):
         assert torch.allclose(p, q) and not torch.allclose(p, b)
@@ -291,7 +290,7 @@ def test_proprio_noise_perturbs_only_the_training_condition():
     batch = _batch()
     clean = batch["proprio"].clone()
     seen = []
-    task._loss = lambda b: (seen.append(b) or torch.zeros(()), {})
+    task._loss = lambda b, generators=None: (seen.append(b) or torch.zeros(()), {})
     torch.manual_seed(0)
     task.training_step(batch, 0)
     noisy = seen[0]["proprio"]
@@ -301,9 +300,31 @@ def test_proprio_noise_perturbs_only_the_training_condition():
         assert seen[0][key] is batch[key]
     off = build({"name": "cosmos_policy"}, "task", model=base.hparams.model, spec=base.hparams.spec,
                 statistics=base.hparams.statistics)
-    off._loss = lambda b: (seen.append(b) or torch.zeros(()), {})
+    off._loss = lambda b, generators=None: (seen.append(b) or torch.zeros(()), {})
     off.training_step(batch, 0)
     assert torch.equal(seen[1]["proprio"], clean)  # 0 (default) = official: no noise
     with pytest.raises(ConfigError, match="task.proprio_noise_std: expected a number >= 0, got -0.1"):
         build({"name": "cosmos_policy", "proprio_noise_std": -0.1}, "task", model=base.hparams.model,
               spec=base.hparams.spec, statistics=base.hparams.statistics)
+
+
+def test_keyed_samples_draw_their_own_sigma_and_noise():
+    """With ``sample_key`` (the training stream) a sample's σ and noise depend on its key only: the loss of a batch is
+    the mean of its halves' losses (what DDP's gradient averaging relies on), whatever the global RNG."""
+    task = _task()
+    task._noise_seed = 7
+    batch = {**_batch(), "sample_key": torch.tensor([11, 12])}
+    halves = [{k: v[i:i + 1] for k, v in batch.items()} for i in range(2)]
+
+    def loss(b, rng_seed):
+        torch.manual_seed(rng_seed)
+        with torch.no_grad():
+            return float(task._loss(b, task._sample_generators(b))[0])
+
+    full = loss(batch, 0)
+    assert loss(batch, 1) == full
+    assert abs((loss(halves[0], 2) + loss(halves[1], 3)) / 2 - full) < 1e-5 * abs(full)
+    task._noise_seed = 8  # another run seed: other noise
+    assert loss(batch, 0) != full
+    assert task._sample_generators(_batch()) is None  # validation batches keep the global RNG
+

@@ -1,26 +1,23 @@
 """LeRobotDataset DataModule on datasets in the layouts lerobot writes (v3.0 and v2.1; H.264 and AV1 videos,
-embedded PNG image features), rollouts from ``next.success``, and bad input."""
+embedded PNG image features) and rollouts from ``next.success``; bad input: tests/test_bad_inputs.py."""
 
 from __future__ import annotations
 
 import functools
-import json
 import os
-import shutil
 import sys
 
 import numpy as np
 import pytest
 import torch
 
-from cosmos_lit.datamodules.base import STATISTICS_FILE
 from cosmos_lit.layout import LatentLayout
 from cosmos_lit.registry import ConfigError
 from cosmos_lit.video import DECORD_AVAILABLE
 
 sys.path.insert(0, os.path.dirname(__file__))
 import fixtures_writers as fw  # noqa: E402
-from helpers import level, make_datamodule, sample_at, setup_error  # noqa: E402
+from helpers import level, make_datamodule, sample_at  # noqa: E402
 
 S = 32
 TASKS = ["pick up the cube", "pick up the cube", "put the cube in the box"]
@@ -131,88 +128,5 @@ def test_rollouts_from_next_success(tmp_path):
         make_dm(tmp_path / "demos", rollout_dir=str(tmp_path / "roll2")).setup("fit")
 
 
-_error = functools.partial(setup_error, make_dm)
-
-
-def test_bad_metadata_and_features(tmp_path):
-    msg = _error(tmp_path / "missing")
-    assert "missing" in msg and "data.data_dir=" in msg
-    os.makedirs(tmp_path / "empty")
-    assert "meta/info.json" in _error(tmp_path / "empty")
-
-    write(tmp_path / "a")
-    info_path = tmp_path / "a" / "meta" / "info.json"
-    info = json.loads(info_path.read_text())
-    info["codebase_version"] = "v1.6"
-    info_path.write_text(json.dumps(info))
-    msg = _error(tmp_path / "a")
-    assert str(info_path) in msg and "v1.6" in msg
-
-    write(tmp_path / "b")
-    msg = _error(tmp_path / "b", state_key="observation.qpos")
-    assert "observation.qpos" in msg and "features" in msg
-
-    write(tmp_path / "c", version="v2.1")
-    os.remove(tmp_path / "c" / "meta" / "tasks.jsonl")
-    assert "meta/tasks.jsonl" in _error(tmp_path / "c")
-
-
-def test_length_mismatch_and_missing_video(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    write(tmp_path / "a")
-    ep_file = tmp_path / "a" / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
-    table = pq.read_table(ep_file)
-    lengths = table.column("length").to_pylist()
-    lengths[1] += 3
-    pq.write_table(table.set_column(table.schema.get_field_index("length"), "length", pa.array(lengths)), ep_file)
-    msg = _error(tmp_path / "a")
-    assert "file-000.parquet" in msg and "episode_index=1" in msg and "length 18" in msg
-
-    write(tmp_path / "b", version="v2.1")
-    video = tmp_path / "b" / "videos" / "chunk-000" / "observation.images.front" / "episode_000002.mp4"
-    os.remove(video)
-    msg = _error(tmp_path / "b")
-    assert "episode_index=2" in msg and "observation.images.front" in msg and str(video) in msg
-
-
-@pytest.mark.parametrize("backend", ["pyav", "decord"])
-def test_corrupt_video_error_names_file_episode_feature(tmp_path, backend):
-    if backend == "decord" and not DECORD_AVAILABLE:
-        pytest.skip("decord not installed")
-    write(tmp_path / "a", version="v2.1")
-    video = tmp_path / "a" / "videos" / "chunk-000" / "observation.images.wrist" / "episode_000001.mp4"
-    video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(400))
-    dm = make_dm(tmp_path / "a", video_backend=backend)
-    dm.setup("fit")
-    with pytest.raises(ValueError) as info:
-        sample_at(dm.train_dataset(), 1, 0)
-    msg = str(info.value)
-    assert "episode_index=1" in msg and "observation.images.wrist" in msg and str(video) in msg
-
-
-def test_corrupt_png_and_statistics_mismatch(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    write(tmp_path / "a", storage="image", version="v2.1")
-    data = tmp_path / "a" / "data" / "chunk-000" / "episode_000000.parquet"
-    table = pq.read_table(data)
-    col = table.column("observation.images.front").to_pylist()
-    col[4] = {"bytes": b"\x89PNG\r\n\x1a\nbroken", "path": "frame_000004.png"}
-    idx = table.schema.get_field_index("observation.images.front")
-    pq.write_table(table.set_column(idx, table.schema.field(idx), pa.array(col, table.schema.field(idx).type)), data)
-    dm = make_dm(tmp_path / "a")
-    dm.setup("fit")
-    with pytest.raises(ValueError) as info:
-        sample_at(dm.train_dataset(), 0, 4)
-    msg = str(info.value)
-    assert str(data) in msg and "episode_index=0" in msg and "observation.images.front" in msg and "frame 4" in msg
-
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
-    (tmp_path / "b" / STATISTICS_FILE).write_text(json.dumps(
-        {f"{g}_{s}": [0.0] * (6 if g == "actions" else 14) for g in ("actions", "proprio")
-         for s in ("min", "max", "mean", "std", "median")}))
-    msg = _error(tmp_path / "b")
-    assert STATISTICS_FILE in msg and "proprio_min" in msg
+# Bad input (missing folder or info.json, broken metadata, unknown features, length mismatch, missing / corrupt video,
+# corrupt PNG): tests/test_bad_inputs.py

@@ -126,10 +126,127 @@ def test_instruction_parsing(tmp_path):
                           layout="original", language="Pick up the black bowl.")
     dm = make_dm(tmp_path / "d")
     dm.setup("fit")
-    assert dm.instructions == ["Pick up the black bowl.", "turn on the stove and put the moka pot on it"]
-    dm = make_dm(tmp_path / "d", instruction_source="file_name", statistics_path=str(tmp_path / "s.json"))
+    assert dm.instructions == ["pick up the black bowl between the plate and the ramekin and place it on the plate",
+                               "turn on the stove and put the moka pot on it"]
+    for source in ("problem_info", "auto"):  # the BDDL's line the original file stores (the earlier default)
+        dm = make_dm(tmp_path / "d", instruction_source=source, statistics_path=str(tmp_path / f"{source}.json"))
+        dm.setup("fit")
+        assert dm.instructions == ["Pick up the black bowl.", "turn on the stove and put the moka pot on it"]
+    with pytest.raises(ConfigError, match="data.instruction_source: expected one of"):
+        make_dm(tmp_path / "d", instruction_source="bddl")
+
+
+# The LIBERO registry's task.language for these task names (libero.libero.benchmark, for every suite's tasks), and
+# the (:language ...) line of their BDDL files, which the original demo files store in problem_info.
+ENV_LANGUAGE = {
+    "pick_up_the_black_bowl_between_the_plate_and_the_ramekin_and_place_it_on_the_plate":
+        "pick up the black bowl between the plate and the ramekin and place it on the plate",
+    "KITCHEN_SCENE3_turn_on_the_stove_and_put_the_moka_pot_on_it": "turn on the stove and put the moka pot on it",
+    "KITCHEN_SCENE10_close_the_top_drawer_of_the_cabinet": "close the top drawer of the cabinet",
+    "LIVING_ROOM_SCENE2_put_both_the_alphabet_soup_and_the_tomato_sauce_in_the_basket":
+        "put both the alphabet soup and the tomato sauce in the basket",
+}
+BDDL_LANGUAGE = {
+    "pick_up_the_black_bowl_between_the_plate_and_the_ramekin_and_place_it_on_the_plate":
+        "Pick the akita black bowl between the plate and the ramekin and place it on the plate",
+    "KITCHEN_SCENE3_turn_on_the_stove_and_put_the_moka_pot_on_it": "Turn on the stove and put the moka pot on it",
+    "KITCHEN_SCENE10_close_the_top_drawer_of_the_cabinet": "Close the top drawer of the cabinet",
+    "LIVING_ROOM_SCENE2_put_both_the_alphabet_soup_and_the_tomato_sauce_in_the_basket":
+        "Put both the alphabet soup and the tomato sauce in the basket",
+}
+
+
+def fake_libero(monkeypatch, tasks: dict[str, str]) -> None:
+    """A stand-in for the ``libero`` package with one suite whose registry holds ``tasks`` {name: language}: enough
+    for ``LiberoEnv.__init__`` (no simulator is built)."""
+    import types
+
+    class Suite:
+        def __init__(self):
+            self.tasks = [types.SimpleNamespace(name=n, language=lang, problem_folder="libero_spatial",
+                                                bddl_file=f"{n}.bddl") for n, lang in tasks.items()]
+
+        def get_num_tasks(self):
+            return len(self.tasks)
+
+        def get_task(self, i):
+            return self.tasks[i]
+
+        def get_task_init_states(self, i):
+            return np.zeros((2, 8))
+
+    class OffScreenRenderEnv:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+        def close(self):
+            pass
+
+    root, pkg = types.ModuleType("libero"), types.ModuleType("libero.libero")
+    envs = types.ModuleType("libero.libero.envs")
+    pkg.benchmark = types.SimpleNamespace(get_benchmark_dict=lambda: {"libero_spatial": Suite})
+    pkg.get_libero_path = lambda what: f"/nowhere/{what}"
+    envs.OffScreenRenderEnv = OffScreenRenderEnv
+    root.libero = pkg
+    for name, module in (("libero", root), ("libero.libero", pkg), ("libero.libero.envs", envs)):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setenv("MUJOCO_GL", os.environ.get("MUJOCO_GL", "egl"))
+    monkeypatch.setenv("LIBERO_CONFIG_PATH", "/nowhere")
+
+
+def test_training_instruction_is_the_envs(tmp_path, monkeypatch):
+    """Original LIBERO files (problem_info with the BDDL's line, bddl_file_name, env_args) and the regenerated
+    ones train with the instruction the LIBERO env gives for the task: the T5 cache's key on both sides."""
+    from cosmos_lit.envs.libero import LiberoEnv
+    from cosmos_lit.instructions import libero_language
+
+    for i, task in enumerate(ENV_LANGUAGE):
+        layout = "original" if i % 2 == 0 else "cosmos"
+        fw.write_libero_demos(str(tmp_path / "orig" / f"{task}_demo.hdf5"), [fw.libero_episode(6, i)],
+                              layout="original", language=BDDL_LANGUAGE[task])
+        fw.write_libero_demos(str(tmp_path / "mixed" / f"{task}_demo.hdf5"), [fw.libero_episode(6, i)],
+                              layout=layout, language=BDDL_LANGUAGE[task])
+    path = str(tmp_path / "orig" / f"{next(iter(ENV_LANGUAGE))}_demo.hdf5")
+    with h5py.File(path, "r") as f:  # the original schema: the BDDL's own line is what problem_info holds
+        assert json.loads(f["data"].attrs["problem_info"])["language_instruction"].startswith("Pick the akita")
+        assert json.loads(f["data"].attrs["env_args"])["bddl_file"].endswith(next(iter(ENV_LANGUAGE)) + ".bddl")
+    for folder in ("orig", "mixed"):
+        dm = make_dm(tmp_path / folder)
+        dm.setup("fit")
+        assert dm.instructions == sorted(ENV_LANGUAGE.values()), folder
+
+    fake_libero(monkeypatch, ENV_LANGUAGE)
+    for task_id, (task, language) in enumerate(ENV_LANGUAGE.items()):
+        env = LiberoEnv(suite="libero_spatial", task_id=task_id, image_size=32)
+        assert env.instruction == language == libero_language(task)
+        assert env.instruction in dm.instructions
+
+
+def test_task_name_comes_from_the_recorded_bddl_file(tmp_path, monkeypatch):
+    """A renamed original file still trains with its task's instruction (bddl_file_name, else env_args); the
+    file_name source reads the name only; a registry language that differs from the rule is a warning."""
+    task = next(iter(ENV_LANGUAGE))
+    path = fw.write_libero_demos(str(tmp_path / "d" / "my_copy_demo.hdf5"), [fw.libero_episode(6, 0)],
+                                 layout="original", language=BDDL_LANGUAGE[task],
+                                 bddl_file_name=f"chiliocosm/bddl_files/libero_spatial/{task}.bddl")
+    dm = make_dm(tmp_path / "d")
     dm.setup("fit")
-    assert "pick up the black bowl between the plate and the ramekin and place it on the plate" in dm.instructions
+    assert dm.instructions == [ENV_LANGUAGE[task]]
+    with h5py.File(path, "r+") as f:
+        del f["data"].attrs["bddl_file_name"]
+    dm = make_dm(tmp_path / "d", statistics_path=str(tmp_path / "s1.json"))
+    dm.setup("fit")
+    assert dm.instructions == [ENV_LANGUAGE[task]]  # from env_args["bddl_file"]
+    dm = make_dm(tmp_path / "d", instruction_source="file_name", statistics_path=str(tmp_path / "s2.json"))
+    dm.setup("fit")
+    assert dm.instructions == ["my copy"]
+
+    from cosmos_lit.envs.libero import LiberoEnv
+
+    fake_libero(monkeypatch, {task: "a different sentence"})
+    with pytest.warns(UserWarning, match="differs from the instruction derived from the task name"):
+        env = LiberoEnv(suite="libero_spatial", task_id=0, image_size=32)
+    assert env.instruction == ENV_LANGUAGE[task]
 
 
 def test_noop_mask_matches_cosmos_rule():
@@ -263,7 +380,7 @@ def test_mismatched_statistics_file(tmp_path):
     bad = {f"{g}_{s}": [0.0] * (6 if g == "actions" else 9) for g in ("actions", "proprio")
            for s in ("min", "max", "mean", "std", "median")}
     stats_path.write_text(json.dumps(bad))
-    msg = _error(tmp_path / "a")
+    msg = _error(tmp_path / "a", statistics_path=str(stats_path))  # a file the user names: checked, not rewritten
     assert str(stats_path) in msg and "actions_min" in msg
 
 

@@ -113,6 +113,31 @@ def test_instruction_from_ep_meta_when_no_task_description(tmp_path):
     assert dm.instructions == ["close the drawer"]
 
 
+def test_human_files_masks_and_orientation_option(tmp_path):
+    """The robomimic machinery RoboCasa shares: the files' mask/train / mask/valid are the split, and
+    data.image_orientation overrides the assumed upside-down *_image frames (here stored upright)."""
+    path = fw.write_robocasa_demos(str(tmp_path / "d" / "x.hdf5"), [fw.robocasa_episode(10, s) for s in range(3)],
+                                   layout="human")
+    with h5py.File(path, "r+") as f:
+        del f["mask/train"]
+        f.create_dataset("mask/train", data=np.array([b"demo_0", b"demo_2"]))
+        f.create_dataset("mask/valid", data=np.array([b"demo_1"]))
+        for cam in fw.ROBOCASA_CAMS:
+            ds = f[f"data/demo_0/obs/{cam}_image"]
+            ds[...] = ds[()][:, ::-1]  # now upright
+    dm = make_dm(tmp_path / "d", val_fraction=0.5)
+    dm.setup("fit")
+    keys = [r.key for r in dm.episodes]
+    assert [keys[i] for i in dm.val_episodes] == ["data/demo_1"]
+    assert [keys[i] for i in dm.train_episodes] == ["data/demo_0", "data/demo_2"]
+    s = sample_at(dm.train_dataset(), 0, 2)
+    assert level(s["images"][0, 1, : S // 4]) < 70  # upright frames taken as upside down: flipped
+    dm = make_dm(tmp_path / "d", image_orientation="upright", statistics_path=str(tmp_path / "s.json"))
+    dm.setup("fit")
+    s = sample_at(dm.train_dataset(), 0, 2)
+    assert level(s["images"][0, 1, : S // 4]) > 180
+
+
 _error = functools.partial(setup_error, make_dm)
 
 
@@ -148,7 +173,7 @@ def test_bad_input_errors(tmp_path):
     (tmp_path / "f" / STATISTICS_FILE).write_text(json.dumps(
         {f"{g}_{s}": [0.0] * (12 if g == "actions" else 9) for g in ("actions", "proprio")
          for s in ("min", "max", "mean", "std", "median")}))
-    msg = _error(tmp_path / "f")
+    msg = _error(tmp_path / "f", statistics_path=str(tmp_path / "f" / STATISTICS_FILE))  # named: checked, not rewritten
     assert str(tmp_path / "f" / STATISTICS_FILE) in msg and "actions_min" in msg and "12 values" in msg
 
     with pytest.raises(ConfigError, match="unknown RoboCasa camera"):

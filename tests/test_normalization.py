@@ -13,7 +13,10 @@ from cosmos_lit.normalization import (
     compute_statistics,
     load_statistics,
     normalize,
+    read_statistics,
     save_statistics,
+    source_difference,
+    statistics_source,
     unnormalize,
 )
 
@@ -114,3 +117,27 @@ def test_load_errors(tmp_path):
     arr.write_text(json.dumps([1, 2]))
     with pytest.raises(ValueError, match="expected a JSON object"):
         load_statistics(arr)
+
+
+def test_statistics_source_is_a_checksum_of_the_values(episodes, tmp_path):
+    acts, prop = episodes
+    source = statistics_source({"actions": acts, "proprio": prop})
+    assert source["episodes"] == 3 and source["steps"] == 22 and source["dims"] == {"actions": 3, "proprio": 2}
+    assert len(source["checksum"]) == 32
+    # the episode order does not change the statistics, nor the key; any value does
+    assert statistics_source({"actions": acts[::-1], "proprio": prop[::-1]}) == source
+    assert source_difference(source, source) is None
+    changed = [a.copy() for a in acts]
+    changed[1][3, 2] += 1e-3
+    other = statistics_source({"actions": changed, "proprio": prop})
+    assert source_difference(source, other) == "it was computed from other data (same sizes, other values)"
+    fewer = statistics_source({"actions": acts[:2], "proprio": prop[:2]})
+    assert source_difference(source, fewer) == "it was computed from other data (episodes 3 -> 2; steps 22 -> 18)"
+    assert "records no source" in source_difference(None, source)
+    # written under "_source" beside the official keys; load_statistics leaves it out
+    stats = compute_statistics({"actions": acts, "proprio": prop})
+    save_statistics(tmp_path / "s.json", stats, source=source)
+    assert json.loads((tmp_path / "s.json").read_text())["_source"] == source
+    assert load_statistics(tmp_path / "s.json") == stats and read_statistics(tmp_path / "s.json") == (stats, source)
+    save_statistics(tmp_path / "official.json", stats)
+    assert read_statistics(tmp_path / "official.json") == (stats, None)

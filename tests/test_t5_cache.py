@@ -98,3 +98,45 @@ def test_cli_writes_official_layout(encoder_dir, tmp_path, capsys):
 def test_missing_encoder_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="google-t5/t5-11b"):
         t5.build_t5_cache(["x"], tmp_path / "nope", tmp_path / "c.safetensors")
+
+
+def test_built_cache_records_its_source_reuses_and_rebuilds(encoder_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "cache.safetensors"
+    first = t5.build_t5_cache(["open top drawer"], encoder_dir, out, max_length=8)
+    assert t5.cache_source(out) == t5.encoder_source(encoder_dir, 8, torch.bfloat16)
+    encoded = []
+    real = t5.encode_instructions
+    monkeypatch.setattr(t5, "encode_instructions", lambda texts, *a, **k: encoded.append(list(texts)) or real(texts, *a, **k))
+    stamp = out.stat().st_mtime_ns
+    again = t5.build_t5_cache(["open top drawer"], encoder_dir, out, max_length=8)  # same source, nothing new
+    assert encoded == [] and out.stat().st_mtime_ns == stamp and torch.equal(again["open top drawer"], first["open top drawer"])
+    both = t5.build_t5_cache(["open top drawer", "put it in basket"], encoder_dir, out, max_length=8)
+    assert encoded == [["put it in basket"]] and set(t5.load_t5_cache(out)) == set(both)  # only the new one encoded
+    assert "[cache]" not in capsys.readouterr().err
+    t5.build_t5_cache(["open top drawer"], encoder_dir, out, max_length=16)  # another length: another source
+    assert encoded[-1] == ["open top drawer"] and "built from another encoder or length; rebuilding" in capsys.readouterr().err
+    assert t5.load_t5_cache(out)["open top drawer"].shape == (1, 16, 32)
+    t5.save_t5_cache(random_cache(n=1, length=16, dim=32), out)  # no source recorded (written by hand)
+    t5.build_t5_cache(["open top drawer"], encoder_dir, out, max_length=16)
+    assert "records no source; rebuilding" in capsys.readouterr().err and set(t5.load_t5_cache(out)) == {"open top drawer"}
+
+
+def test_official_cache_is_verified_not_rebuilt(tmp_path):
+    from cosmos_lit.text import MissingInstructionError, T5CacheEmbedder
+
+    path = tmp_path / "libero_t5_embeddings.pkl"
+    cache = {"put the bowl in the drawer": torch.randn(1, 8, 16).to(torch.bfloat16)}
+    with open(path, "wb") as fh:
+        pickle.dump(cache, fh)
+    before = path.read_bytes()
+    embedder = T5CacheEmbedder(str(path), dim=16, trust_pickle=True)
+    embedder.check_instructions(["put the bowl in the drawer"])
+    assert embedder(["put the bowl in the drawer"]).shape == (1, 8, 16)
+    for call in (lambda: embedder.check_instructions(["put the bowl in the drawers", "x"]),
+                 lambda: embedder(["put the bowl in the drawers"])):
+        with pytest.raises(MissingInstructionError) as info:
+            call()
+        msg = str(info.value)
+        assert msg.startswith("instruction 'put the bowl in the drawers'") and str(path) in msg and "\n" not in msg
+        assert "closest cached: 'put the bowl in the drawer'" in msg
+    assert path.read_bytes() == before

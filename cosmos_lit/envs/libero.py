@@ -19,12 +19,16 @@ The episode protocol follows the official LIBERO evaluation that Cosmos Policy u
 - proprio (9,) = gripper_qpos (2) + eef_pos (3) + eef_quat (4), the datasets' ``robot_states``.
 - action (7,): OSC delta eef position (3) + delta axis-angle (3) + gripper (-1 open .. +1 close), in [-1, 1].
 - success = the env's ``done`` (all goal predicates of the task's BDDL hold).
+- instruction = ``cosmos_lit.instructions.libero_language(task.name)``: LIBERO's ``task.language`` (the task name's
+  words), the same function the LIBERO DataModule applies to the demo files, so the text (and its T5 cache key) is
+  the same in training and evaluation.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,7 @@ import numpy as np
 from cosmos_lit.envs.image_ops import hstack_frames
 from cosmos_lit.envs.obs_utils import camera_image, check_action, robot_state
 from cosmos_lit.envs.render import ensure_gl_backend
+from cosmos_lit.instructions import libero_language
 from cosmos_lit.registry import ConfigError, register
 
 ACTION_DIM = 7
@@ -124,7 +129,14 @@ class LiberoEnv:
             raise ConfigError(f"env.task_id: {task_id} is out of range for {suite} (0..{n_tasks - 1})")
         task = self._benchmark.get_task(self.task_id)
         self.task_name = task.name
-        self.instruction = task.language
+        # the one rule the training data use too (cosmos_lit.instructions): LIBERO's own task.language
+        self.instruction = libero_language(task.name)
+        if str(getattr(task, "language", self.instruction)) != self.instruction:
+            warnings.warn(
+                f"LIBERO {suite} task {self.task_id} ({task.name}): the registry's language '{task.language}' differs "
+                f"from the instruction derived from the task name, '{self.instruction}', which the DataModule and "
+                "the T5 cache use; the env gives the latter"
+            )
         self._init_states = np.asarray(self._benchmark.get_task_init_states(self.task_id))
         if init_state_index is not None and not 0 <= int(init_state_index) < len(self._init_states):
             raise ConfigError(

@@ -68,6 +68,10 @@ def run_episodes(
 ) -> list[EpisodeResult]:
     """Run one episode per seed; returns results in seed order (errors and budget cut-offs included).
 
+    ``policy``: a ``CosmosPolicy`` (or a wrapper with its ``spec``, ``seed``, ``execute_steps``, ``reset()`` and
+    ``__call__(observations, seeds)``); the k-th query of the episode with env seed s draws the noise of
+    ``cosmos_lit.seeding.episode_seed(policy.seed, s, k)``, so results do not depend on ``num_workers`` or ranks.
+
     ``rollout_dir``: record each finished episode there as a rollout file (``EpisodeResult.rollout_path``);
     ``rollout_attrs``: provenance attributes added to every file (checkpoint, planner, ...).
     """
@@ -112,6 +116,7 @@ def _run_wave(policy: Any, pool: Any, env_name: str, task_name: str, wave: list[
               recording: dict[str, Any] | None = None) -> list[EpisodeResult]:
     from cosmos_lit.envs.worker import WorkerError
     from cosmos_lit.rollout_files import EpisodeRecorder
+    from cosmos_lit.seeding import episode_seed
 
     n = len(wave)
     t0 = time.monotonic()
@@ -120,6 +125,7 @@ def _run_wave(policy: Any, pool: Any, env_name: str, task_name: str, wave: list[
     spec_steps = [s.get("max_steps", 0) if isinstance(s, dict) else 0 for s in pool.specs]
     horizon = max_steps or max(spec_steps + [1])
     steps = [0] * n
+    queries = [0] * n  # action chunks asked for, per episode: with the env seed, the seed of the next one
     total = [0.0] * n
     best = [0.0] * n
     success = [False] * n
@@ -138,7 +144,9 @@ def _run_wave(policy: Any, pool: Any, env_name: str, task_name: str, wave: list[
                     done[i] = True
             break
         live = [i for i in range(n) if not done[i]]
-        out = policy([obs[i] for i in live])
+        out = policy([obs[i] for i in live], seeds=[episode_seed(policy.seed, wave[i], queries[i]) for i in live])
+        for i in live:
+            queries[i] += 1
         for j, i in enumerate(live):
             if "value" in out:
                 values[i].append(float(out["value"][j]))

@@ -44,14 +44,14 @@ class _EvalPolicy:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.policy, name)
 
-    def __call__(self, observations: list[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, observations: list[dict[str, Any]], seeds: list[int] | None = None) -> dict[str, Any]:
         import torch
 
         self.instructions.update(str(o.get("instruction", "")) for o in observations)
         ctx = (torch.autocast(self.policy.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
                else contextlib.nullcontext())
         with ctx:
-            return self.policy(observations)
+            return self.policy(observations, seeds=seeds)
 
 
 def _env_key(env: dict[str, Any]) -> str:

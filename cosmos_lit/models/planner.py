@@ -16,7 +16,7 @@ model it plans with (``planner.attach(model)``). It talks to the model only (``c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -91,8 +91,20 @@ class Planner(L.LightningModule):
         return self.plan(self._model, batch["images"][:, :n], batch["proprio"], list(batch["instruction"]), seed=batch_idx)
 
     def plan(self, model: CosmosPolicyModel, current_images: torch.Tensor, proprio: torch.Tensor, instructions: list[str],
-             seed: int = 0, num_steps: int | None = None) -> dict[str, torch.Tensor]:
+             seed: int | Sequence[int] = 0, num_steps: int | None = None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+def observation_seeds(seed: int | Sequence[int], batch: int) -> list[int]:
+    """One base seed per observation: ``seed`` for all (the official scheme: candidate i of every observation
+    uses seed + i), or the given per-observation seeds (each observation's plan then does not depend on the others
+    in its batch)."""
+    if isinstance(seed, (int, np.integer)):
+        return [int(seed)] * batch
+    seeds = [int(s) for s in seed]
+    if len(seeds) != batch:
+        raise ValueError(f"seed: expected one seed per observation ({batch}), got {len(seeds)}")
+    return seeds
 
 
 @register("planner", "none")
@@ -101,7 +113,7 @@ class DirectPolicy(Planner):
 
     @torch.no_grad()
     def plan(self, model: CosmosPolicyModel, current_images: torch.Tensor, proprio: torch.Tensor, instructions: list[str],
-             seed: int = 0, num_steps: int | None = None) -> dict[str, torch.Tensor]:
+             seed: int | Sequence[int] = 0, num_steps: int | None = None) -> dict[str, torch.Tensor]:
         return model.predict(current_images, proprio, instructions, num_steps=num_steps, seed=seed)
 
 
@@ -224,8 +236,8 @@ class BestOfN(Planner):
 
     @torch.no_grad()
     def plan(self, model: CosmosPolicyModel, current_images: torch.Tensor, proprio: torch.Tensor, instructions: list[str],
-             seed: int = 0, num_steps: int | None = None) -> dict[str, torch.Tensor]:
-        """Plan for B observations.
+             seed: int | Sequence[int] = 0, num_steps: int | None = None) -> dict[str, torch.Tensor]:
+        """Plan for B observations (``seed``: the base seed of all, or one per observation).
 
         Returns ``model.read_outputs`` of the chosen candidate (``actions`` (B, K, A) normalized, ...) and
             latents            (B, C, T, h, w)        the chosen candidate's sampled latents
@@ -247,13 +259,14 @@ class BestOfN(Planner):
         cond, _ = model.policy_condition(current_images, proprio)
         steps = self.action_steps if num_steps is None else num_steps
         # rows (b, i): candidate i of observation b, seed + i
-        cands = self._stage(model, cond, POLICY, text, [steps] * n, lambda o, i: seed + i, outer=b, per_obs=1)
+        base = observation_seeds(seed, b)
+        cands = self._stage(model, cond, POLICY, text, [steps] * n, lambda o, i: base[o] + i, outer=b, per_obs=1)
         # rows (b, i, j): future j of candidate i, seed + i + j
         futures = self._stage(scorer, cands, WORLD_MODEL, s_text, self.future_steps,
-                              lambda o, j: seed + o % n + j, outer=b * n, per_obs=n)
+                              lambda o, j: base[o // n] + o % n + j, outer=b * n, per_obs=n)
         # rows (b, i, j, k): value k of future j, seed + i + j + k
         values = self._stage(scorer, futures, VALUE, s_text, self.value_steps,
-                             lambda o, k: seed + (o // f) % n + o % f + k, outer=b * n * f, per_obs=n * f,
+                             lambda o, k: base[o // (n * f)] + (o // f) % n + o % f + k, outer=b * n * f, per_obs=n * f,
                              read=lambda lat: scorer.value_head.read(lat[:, :, scorer.layout.value]))
         values = values.view(b, n, f * v).to(torch.float32)
         scores = aggregate_values(values.reshape(b * n, f * v), self.aggregation, self.threshold).view(b, n)

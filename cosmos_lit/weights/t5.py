@@ -5,7 +5,12 @@ Official layout (``*_t5_embeddings.pkl`` of the released checkpoints and dataset
 Reading a pickle runs code, so ``.pkl`` files load only with ``trust_pickle=True``.
 
 Our default layout (``.safetensors``): one tensor ``embeddings`` (N, 1, 512, D) and, in the file's metadata, a JSON
-list of the N instructions under ``instructions`` (one file, written atomically, no code on load).
+list of the N instructions under ``instructions`` (one file, written atomically, no code on load) and, for caches
+built here, what they were computed from under ``source`` (:func:`encoder_source`: a checksum of the encoder folder's
+config, tokenizer files and weight file sizes, the token length and the stored dtype). Building into an existing cache
+of the same source encodes only the new instructions; a cache of another source is rebuilt with a one-line notice.
+An official ``.pkl`` cache records no source: it is verified (every instruction present, see
+``cosmos_lit.text.T5CacheEmbedder.check_instructions``), never rebuilt.
 
 Build a cache from a local T5 encoder folder (``transformers`` format, e.g. a download of ``google-t5/t5-11b``)::
 
@@ -22,12 +27,18 @@ from pathlib import Path
 
 import torch
 
+from cosmos_lit.cache_keys import checksum, notice
 from cosmos_lit.io import atomic_path
 from cosmos_lit.weights.state_io import UntrustedPickleError, untrusted_message
 
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 _TENSOR_KEY = "embeddings"
 _INDEX_KEY = "instructions"
+_SOURCE_KEY = "source"
+# files of a transformers T5 folder whose bytes enter the source checksum (weights: names and sizes only)
+_TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "spiece.model", "special_tokens_map.json",
+                    "model.safetensors.index.json", "pytorch_model.bin.index.json")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def _check_entry(path: Path, key: object, value: object) -> None:
@@ -70,8 +81,33 @@ def load_t5_cache(path: str | Path, *, trust_pickle: bool = False) -> dict[str, 
     return {text: embeddings[i] for i, text in enumerate(instructions)}
 
 
-def save_t5_cache(cache: Mapping[str, torch.Tensor], path: str | Path) -> Path:
-    """Write a cache atomically: ``.safetensors`` (our layout) or ``.pkl`` (official layout, (1, L, D) per entry)."""
+def encoder_source(encoder_dir: str | Path, max_length: int, store_dtype: torch.dtype) -> str:
+    """Checksum of what a cache built with :func:`build_t5_cache` depends on: the encoder folder's config and tokenizer
+    files (their bytes), its weight files (names and sizes: hashing tens of GB would cost minutes), the token length
+    and the stored dtype."""
+    folder = Path(encoder_dir).expanduser()
+    files = {name: (folder / name).read_bytes() for name in _TOKENIZER_FILES if (folder / name).is_file()}
+    weights = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.suffix in _WEIGHT_SUFFIXES}
+    return checksum("t5-cache/1", files, weights, int(max_length), str(store_dtype))
+
+
+def cache_source(path: str | Path) -> str | None:
+    """The ``source`` recorded in a ``.safetensors`` cache (None: an official cache, or one without it)."""
+    path = Path(path).expanduser()
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return (fh.metadata() or {}).get(_SOURCE_KEY)
+    except Exception:  # noqa: BLE001 - unreadable: no usable source, the cache is rebuilt
+        return None
+
+
+def save_t5_cache(cache: Mapping[str, torch.Tensor], path: str | Path, source: str | None = None) -> Path:
+    """Write a cache atomically: ``.safetensors`` (our layout; ``source`` recorded in its metadata) or ``.pkl``
+    (official layout, (1, L, D) per entry, no room for a source)."""
     path = Path(path).expanduser()
     entries = {}
     for key, value in cache.items():
@@ -90,8 +126,12 @@ def save_t5_cache(cache: Mapping[str, torch.Tensor], path: str | Path) -> Path:
         names = list(entries)
         stacked = torch.stack([entries[n] for n in names]) if names else torch.zeros(0, 1, 0, 0)
 
+        metadata = {_INDEX_KEY: json.dumps(names)}
+        if source is not None:
+            metadata[_SOURCE_KEY] = source
+
         def write(tmp: Path) -> None:
-            save_file({_TENSOR_KEY: stacked}, str(tmp), metadata={_INDEX_KEY: json.dumps(names)})
+            save_file({_TENSOR_KEY: stacked}, str(tmp), metadata=metadata)
     else:
         raise ValueError(f"{path}: unknown T5 cache format (expected .safetensors or .pkl)")
     with atomic_path(path, keep_suffix=False) as tmp:  # neither writer needs the extension
@@ -131,6 +171,10 @@ def build_t5_cache(
 ) -> dict[str, torch.Tensor]:
     """Encode unique instructions with a local T5 encoder and write the cache (format from ``out_path``'s suffix).
 
+    A ``.safetensors`` cache at ``out_path`` built from the same source (:func:`encoder_source`) keeps its entries and
+    only the new instructions are encoded (none: the file is left as is); one of another source, or without one, is
+    rebuilt with a one-line notice. A ``.pkl`` (official layout) is always written anew.
+
     Args:
         instructions: task instructions (duplicates are encoded once).
         encoder_dir: local ``transformers`` folder with the T5 tokenizer and weights (nothing is downloaded).
@@ -151,12 +195,25 @@ def build_t5_cache(
             f"the weights and the tokenizer, e.g. a local copy of google-t5/t5-11b)"
         )
     unique = list(dict.fromkeys(instructions))
+    out_path = Path(out_path).expanduser()
+    source = encoder_source(encoder_dir, max_length, store_dtype) if out_path.suffix == ".safetensors" else None
+    kept: dict[str, torch.Tensor] = {}
+    if source is not None and out_path.is_file():
+        recorded = cache_source(out_path)
+        if recorded == source:
+            kept = load_t5_cache(out_path)
+            if all(text in kept for text in unique):
+                return {text: kept[text] for text in unique}
+        else:
+            why = "it records no source" if recorded is None else "it was built from another encoder or length"
+            notice(f"T5 embedding cache {out_path}: {why}; rebuilding it")
+    todo = [text for text in unique if text not in kept]
     tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
     encoder = T5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True).to(device).eval()
-    embeddings = encode_instructions(unique, tokenizer, encoder, max_length=max_length, device=device, batch_size=batch_size)
-    cache = {text: embeddings[i : i + 1].to(store_dtype) for i, text in enumerate(unique)}
-    save_t5_cache(cache, out_path)
-    return cache
+    embeddings = encode_instructions(todo, tokenizer, encoder, max_length=max_length, device=device, batch_size=batch_size)
+    new = {text: embeddings[i : i + 1].to(store_dtype) for i, text in enumerate(todo)}
+    save_t5_cache({**kept, **new}, out_path, source=source)
+    return {text: new[text] if text in new else kept[text] for text in unique}
 
 
 def _read_instructions(path: Path) -> list[str]:
