@@ -298,3 +298,56 @@ def test_dit_qk_rmsnorm_eps_is_the_official_1e_6():
     for n in _attention_norms(by_hand.net):
         n.eps = 1e-5  # diffusers' default
     assert (out - by_hand(x, ts, mask, text)).abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_search_depth_plans_again_from_each_candidates_first_imagined_future():
+    """Depth 2: the candidate's first future becomes the state (future-state latents in the current slots), the policy
+    samples the next chunk from it, and its futures and values are scored as at depth 1 (reproduced here by hand)."""
+    from cosmos_lit.layout import POLICY
+    from cosmos_lit.models.planner import DEPTH_SEED_STRIDE, aggregate_values
+
+    model = _tiny_model(rowwise=True)
+    images, proprio = _obs(2)
+    node = {**NODE, "num_futures": 1, "num_values": 2}
+    one = build(node, "planner").plan(model, images, proprio, INSTRUCTIONS, seed=4)
+    last = build({**node, "search_depth": 2}, "planner").plan(model, images, proprio, INSTRUCTIONS, seed=4)
+    mean = build({**node, "search_depth": 2, "depth_aggregation": "average"}, "planner").plan(
+        model, images, proprio, INSTRUCTIONS, seed=4)
+    d = last["depth_scores"]
+    assert d.shape == (2, 3, 2) and torch.equal(d[..., 0], one["plan_scores"])
+    assert torch.equal(last["plan_scores"], d[..., 1]) and torch.allclose(mean["plan_scores"], d.mean(-1))
+    assert torch.equal(last["candidate_actions"], one["candidate_actions"])  # the executed chunk is depth 1's
+
+    lay = model.layout
+    (c0, c1), (f0, f1) = lay.current_state, lay.future_state
+    b, i = 1, 2
+    state = one["candidate_futures"][b, i, 0][None].clone()
+    state[:, :, c0:c1 + 1] = state[:, :, f0:f1 + 1]
+    text = model.text_encoder(INSTRUCTIONS[b:b + 1])
+    s = 4 + i + DEPTH_SEED_STRIDE
+    chunk = model.sample(state, model.condition_mask(POLICY, 1), text, num_steps=3, seed=[s])
+    future = model.sample(chunk, model.condition_mask(WORLD_MODEL, 1), text, num_steps=1, seed=[s])
+    values = torch.cat([model.value_head.read(model.sample(future, model.condition_mask(VALUE, 1), text, num_steps=n,
+                                                           seed=[s + k])[:, :, lay.value]) for k, n in enumerate([1, 5])])
+    expected = aggregate_values(values.view(1, 2).float(), "majority_mean", 0.05)
+    assert torch.equal(d[b, i, 1], expected[0])
+    with pytest.raises(ConfigError, match="planner.search_depth"):
+        build({**node, "search_depth": 0}, "planner")
+    with pytest.raises(ConfigError, match="planner.depth_aggregation"):
+        build({**node, "depth_aggregation": "max"}, "planner")
+
+
+@torch.no_grad()
+def test_one_seed_per_observation_makes_each_plan_independent_of_its_batch():
+    model = _tiny_model(rowwise=True)
+    images, proprio = _obs(2)
+    planner = build(NODE, "planner")
+    shared = planner.plan(model, images, proprio, INSTRUCTIONS, seed=7)
+    assert torch.equal(planner.plan(model, images, proprio, INSTRUCTIONS, seed=[7, 7])["plan_scores"], shared["plan_scores"])
+    both = planner.plan(model, images, proprio, INSTRUCTIONS, seed=[7, 30])
+    alone = planner.plan(model, images[1:], proprio[1:], INSTRUCTIONS[1:], seed=30)
+    for key in ("candidate_values", "plan_scores", "plan_choice", "candidate_actions"):
+        assert torch.equal(both[key][1:], alone[key]), key
+    with pytest.raises(ValueError, match="one seed per observation"):
+        planner.plan(model, images, proprio, INSTRUCTIONS, seed=[1, 2, 3])

@@ -117,6 +117,10 @@ class DirectPolicy(Planner):
         return model.predict(current_images, proprio, instructions, num_steps=num_steps, seed=seed)
 
 
+DEPTH_AGGREGATIONS = ("last", "average")
+DEPTH_SEED_STRIDE = 1000  # seed offset of each further search depth (beyond any candidate + future + value offset)
+
+
 @register("planner", "best_of_n")
 class BestOfN(Planner):
     """Best-of-N over imagined futures and values (V(s') by default), batched.
@@ -141,6 +145,13 @@ class BestOfN(Planner):
         keep_base_unless_better: execute candidate 0 unless another is strictly better ("seed switching").
         planning_checkpoint: optional path of a separate (rollout-fine-tuned) model used for futures and values.
         micro_batch: most rows per network forward (bounds the memory of a plan); null: all rows of a run at once.
+        search_depth: imagined chunks per candidate (official ``search_depth``). At depth d > 1 the candidate's first
+            imagined future becomes the state (its future-state latents copied into the current-state slots, no
+            VAE), the policy samples the next chunk from it (seed + i + d·DEPTH_SEED_STRIDE), and futures and values
+            are scored as at depth 1. The executed chunk is still the depth-1 candidate's. Both models must share
+            the latent space (the same image encoder), as a base checkpoint and its rollout fine-tune do.
+        depth_aggregation: a candidate's score over depths: ``last`` (the official ``use_last_value``) or
+            ``average``.
     """
 
     def __init__(
@@ -156,6 +167,8 @@ class BestOfN(Planner):
         keep_base_unless_better: bool = True,
         planning_checkpoint: str | None = None,
         micro_batch: int | None = 32,
+        search_depth: int = 1,
+        depth_aggregation: str = "last",
     ):
         super().__init__()
         if num_candidates < 1 or num_futures < 1 or num_values < 1:
@@ -177,9 +190,16 @@ class BestOfN(Planner):
             raise ConfigError("planner.future_steps / value_steps: one step count per ensemble member expected")
         if any(int(n) < 1 for n in (action_steps, *self.future_steps, *self.value_steps)):
             raise ConfigError("planner.action_steps / future_steps / value_steps: step counts must be >= 1")
+        if isinstance(search_depth, bool) or int(search_depth) != search_depth or search_depth < 1:
+            raise ConfigError(f"planner.search_depth: expected an integer >= 1, got {search_depth!r}")
+        if depth_aggregation not in DEPTH_AGGREGATIONS:
+            raise ConfigError(f"planner.depth_aggregation: expected one of {', '.join(DEPTH_AGGREGATIONS)}, got "
+                              f"{depth_aggregation!r}")
         self.aggregation = aggregation
         self.threshold = threshold
         self.keep_base_unless_better = keep_base_unless_better
+        self.search_depth = int(search_depth)
+        self.depth_aggregation = depth_aggregation
         self.planning_checkpoint = planning_checkpoint
         self.micro_batch = None if micro_batch is None else int(micro_batch)
         self._planning_model: CosmosPolicyModel | None = None
@@ -234,6 +254,26 @@ class BestOfN(Planner):
         assert result is not None
         return result
 
+    def _deeper(self, model: CosmosPolicyModel, scorer: CosmosPolicyModel, state: torch.Tensor, text: torch.Tensor,
+                s_text: torch.Tensor, steps: int, base: list[int], depth: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One more depth for the B·N candidate rows of ``state`` (imagined latents (B·N, C, T, h, w)): the state
+        moved into the current slots, a new policy chunk, its futures and values -> ((B, N) scores, next state)."""
+        n, f, v = self.num_candidates, self.num_futures, self.num_values
+        lay = model.layout
+        (c0, c1), (f0, f1) = lay.current_state, lay.future_state
+        cond = state.clone()
+        cond[:, :, c0:c1 + 1] = state[:, :, f0:f1 + 1]  # s' is the new s (the slots have the same order)
+        offset = depth * DEPTH_SEED_STRIDE
+        chunks = self._stage(model, cond, POLICY, text, [steps], lambda o, _: base[o // n] + o % n + offset,
+                             outer=b * n, per_obs=n)
+        futures = self._stage(scorer, chunks, WORLD_MODEL, s_text, self.future_steps,
+                              lambda o, j: base[o // n] + o % n + j + offset, outer=b * n, per_obs=n)
+        values = self._stage(scorer, futures, VALUE, s_text, self.value_steps,
+                             lambda o, k: base[o // (n * f)] + (o // f) % n + o % f + k + offset, outer=b * n * f,
+                             per_obs=n * f, read=lambda lat: scorer.value_head.read(lat[:, :, scorer.layout.value]))
+        scores = aggregate_values(values.view(b * n, f * v).to(torch.float32), self.aggregation, self.threshold)
+        return scores.view(b, n), futures.view(b * n, f, *futures.shape[1:])[:, 0]
+
     @torch.no_grad()
     def plan(self, model: CosmosPolicyModel, current_images: torch.Tensor, proprio: torch.Tensor, instructions: list[str],
              seed: int | Sequence[int] = 0, num_steps: int | None = None) -> dict[str, torch.Tensor]:
@@ -247,6 +287,7 @@ class BestOfN(Planner):
             candidate_values   (B, N, F·V) float32    raw ensemble values in [0, 1] (future j, value k at j·V + k)
             candidate_futures  (B, N, F, C, T, h, w)  world-model latents of each candidate's imagined futures (the
                                                       scorer's; decode with ``decode_future_images``)
+            depth_scores       (B, N, D) float32      with search_depth D > 1: each depth's aggregated value
         with N = num_candidates, F = num_futures, V = num_values.
         """
         if not model.layout.has_value:
@@ -270,6 +311,15 @@ class BestOfN(Planner):
                              read=lambda lat: scorer.value_head.read(lat[:, :, scorer.layout.value]))
         values = values.view(b, n, f * v).to(torch.float32)
         scores = aggregate_values(values.reshape(b * n, f * v), self.aggregation, self.threshold).view(b, n)
+        depth_scores = [scores]
+        state = futures.view(b * n, f, *futures.shape[1:])[:, 0]  # each candidate's first imagined future
+        for depth in range(1, self.search_depth):
+            d_scores, state = self._deeper(model, scorer, state, text, s_text, steps, base, depth, b)
+            depth_scores.append(d_scores)
+        if self.depth_aggregation == "average":
+            scores = torch.stack(depth_scores).mean(dim=0)
+        else:
+            scores = depth_scores[-1]
         scores = scores.to(cands.device)
         best = scores.argmax(dim=1)  # the first of equal maxima
         if self.keep_base_unless_better:
@@ -278,6 +328,7 @@ class BestOfN(Planner):
         latents = cands[torch.arange(b, device=best.device), best]
         spec = model.spec
         actions = model.read_outputs(cands.flatten(0, 1))["actions"].view(b, n, spec.chunk_size, spec.action_dim)
-        return {**model.read_outputs(latents), "latents": latents, "plan_scores": scores, "plan_choice": best.long(),
+        extra = {"depth_scores": torch.stack(depth_scores, dim=-1).to(cands.device)} if self.search_depth > 1 else {}
+        return {**model.read_outputs(latents), "latents": latents, "plan_scores": scores, "plan_choice": best.long(), **extra,
                 "candidate_actions": actions, "candidate_values": values.to(cands.device),
                 "candidate_futures": futures.view(b, n, f, *futures.shape[1:])}
