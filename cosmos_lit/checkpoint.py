@@ -116,13 +116,13 @@ def model_node(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> dict[st
 def model_from(ckpt: dict[str, Any], path: str | Path = "checkpoint", map_location: str | torch.device = "cpu",
                use_ema: bool = True) -> Any:
     """``load_model`` of a checkpoint already read (``read``): for callers that need its other entries as well."""
-    from cosmos_lit.model import CosmosPolicyModel
+    from cosmos_lit.model import MODEL_OPTIONS, CosmosPolicyModel
     from cosmos_lit.models.adapters import merge_adapters
 
     ckpt = upgrade(ckpt, path)
     hp = ckpt["hyper_parameters"]
     node = _without_pretrained(dict(hp["model"]))
-    options = {k: node.pop(k) for k in MOVED_TO_MODEL if k in node}
+    options = {k: node.pop(k) for k in MODEL_OPTIONS if k in node}
     model = CosmosPolicyModel(node, hp["spec"], hp.get("statistics"), **options)
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     ema = {k[len(EMA_PREFIX):]: v for k, v in ckpt["state_dict"].items() if k.startswith(EMA_PREFIX)}

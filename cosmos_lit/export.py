@@ -41,7 +41,7 @@ import torch
 
 from cosmos_lit.checkpoint import EMA_PREFIX, model_from, model_node, read, upgrade
 from cosmos_lit.io import atomic_dir, atomic_path, write_json_atomic, write_text_atomic
-from cosmos_lit.model import CosmosPolicyModel
+from cosmos_lit.model import MODEL_OPTIONS, CosmosPolicyModel
 from cosmos_lit.registry import ConfigError
 
 FORMAT_VERSION = 1
@@ -74,10 +74,11 @@ def export_policy(ckpt_path: str | os.PathLike[str], out: str | os.PathLike[str]
     ckpt = upgrade(read(src, "cpu", trust_pickle), src)
     model = model_from(ckpt, src, "cpu")
     node = model_node(ckpt, src)
-    if getattr(model, "adapter", None) is None:  # LoRA already merged by load_model (or none): plain weights
+    if model.adapter is None:  # LoRA already merged by load_model (or none): plain weights
         node.pop("adapter", None)
     node["sampling"] = asdict(model.sampling)
     node["mask_current_state_for_value"] = model.mask_current_state_for_value
+    node["mask_future_state_for_value"] = model.mask_future_state_for_value
     meta = dict(ckpt.get("cosmos_lit") or {})
     run_cfg = dict(meta.get("config") or {})
     try:
@@ -342,7 +343,7 @@ def load_pretrained(folder: str | os.PathLike[str], map_location: str | torch.de
             raise ConfigError(f"{root / TEXT_FILE}: missing (the instruction embeddings {CONFIG_FILE}'s "
                               "model.text_encoder names)")
         node["text_encoder"] = {**text, "path": str(root / TEXT_FILE)}
-    options = {k: node.pop(k) for k in ("sampling", "mask_current_state_for_value") if k in node}
+    options = {k: node.pop(k) for k in MODEL_OPTIONS if k in node}
     stats = _statistics(root)
     try:
         model = CosmosPolicyModel(node, cfg["spec"], stats, **options)

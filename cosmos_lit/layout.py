@@ -12,7 +12,8 @@ Sample types and their clean (conditioning) frames (docs/method.md#sample-types-
     world model  (1): blank, s, a
     value        (2): everything but the value frame
 With ``mask_current_state_for_value`` (V(s') planning model) the value sample's current-state and action frames are
-not conditioning but noisy, and only the value frame is supervised.
+not conditioning but noisy, and only the value frame is supervised; with ``mask_future_state_for_value`` (Q(s, a),
+the official ``mask_future_state_for_qvalue_prediction``) the future-state frames are, instead.
 """
 
 from __future__ import annotations
@@ -110,13 +111,15 @@ class LatentLayout:
         return names + (["value"] if self.has_value else [])
 
     def condition_mask(
-        self, sample_type: torch.Tensor, mask_current_state_for_value: bool = False
+        self, sample_type: torch.Tensor, mask_current_state_for_value: bool = False,
+        mask_future_state_for_value: bool = False,
     ) -> torch.Tensor:
         """Per-frame conditioning mask (B, T) of 0/1 floats; 1 = clean ground truth.
 
         Args:
             sample_type: (B,) long tensor of POLICY / WORLD_MODEL / VALUE.
             mask_current_state_for_value: value samples see only s' (learn V(s')), not (s, a, s').
+            mask_future_state_for_value: value samples see only (s, a) (learn Q(s, a)), not s'.
         """
         b = sample_type.shape[0]
         t = self.num_frames
@@ -132,16 +135,20 @@ class LatentLayout:
                 lo, hi = self.current_state
                 mask[val, lo : hi + 1] = 0.0
                 mask[val, self.action] = 0.0
+            if mask_future_state_for_value:
+                lo, hi = self.future_state
+                mask[val, lo : hi + 1] = 0.0
         return mask
 
-    def loss_mask(self, sample_type: torch.Tensor, mask_current_state_for_value: bool = False) -> torch.Tensor:
+    def loss_mask(self, sample_type: torch.Tensor, mask_current_state_for_value: bool = False,
+                  mask_future_state_for_value: bool = False) -> torch.Tensor:
         """Per-frame loss weights (B, T): 1 on supervised frames.
 
-        Equals ``1 - condition_mask`` except for V(s') value samples, whose noisy current-state and action frames
-        are inputs only (the official code masks the loss to the value frame there).
+        Equals ``1 - condition_mask`` except for V(s') and Q(s, a) value samples, whose noisy masked frames are inputs
+        only (the official code masks the loss to the value frame there).
         """
-        loss = 1.0 - self.condition_mask(sample_type, mask_current_state_for_value)
-        if self.has_value and mask_current_state_for_value:
+        loss = 1.0 - self.condition_mask(sample_type, mask_current_state_for_value, mask_future_state_for_value)
+        if self.has_value and (mask_current_state_for_value or mask_future_state_for_value):
             val = sample_type == VALUE
             loss[val, :] = 0.0
             loss[val, self.value] = 1.0

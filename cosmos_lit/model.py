@@ -60,6 +60,10 @@ class SamplingConfig:
         return cfg
 
 
+# the model's options beside its components (the keys of a ``model`` config node that are not components)
+MODEL_OPTIONS = ("sampling", "mask_current_state_for_value", "mask_future_state_for_value")
+
+
 class CosmosPolicyModel(nn.Module):
     """Components + latent layout + sampling.
 
@@ -72,10 +76,13 @@ class CosmosPolicyModel(nn.Module):
         statistics: dataset statistics (official keys ``actions_min`` ...), kept so the model is self-contained.
         sampling: ``SamplingConfig`` keys (default: 5 steps, σ 80 → 4, "2ab").
         mask_current_state_for_value: value samples see s' alone: V(s') (the official planning model's setting).
+        mask_future_state_for_value: value samples see (s, a) alone: the model-free Q(s, a) (the official
+            ``mask_future_state_for_qvalue_prediction``; the paper finds V(s') plans better). Not with the former.
     """
 
     def __init__(self, components: dict[str, Any], spec: DataSpec | dict[str, Any], statistics: dict[str, Any] | None = None,
-                 sampling: dict[str, Any] | None = None, mask_current_state_for_value: bool = False):
+                 sampling: dict[str, Any] | None = None, mask_current_state_for_value: bool = False,
+                 mask_future_state_for_value: bool = False):
         super().__init__()
         components = dict(components)
         adapter = components.pop("adapter", None)
@@ -86,7 +93,7 @@ class CosmosPolicyModel(nn.Module):
             close = difflib.get_close_matches(unknown[0], COMPONENT_KEYS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"model.{unknown[0]}: unknown component{hint}; accepted: {', '.join(COMPONENT_KEYS)}, adapter, "
-                              "sampling, mask_current_state_for_value")
+                              f"{', '.join(MODEL_OPTIONS)}")
         for key in ("backbone", "image_encoder"):
             if not components.get(key):
                 raise ConfigError(f"model.{key}: missing (choose one with model/{key}=...)")
@@ -94,6 +101,10 @@ class CosmosPolicyModel(nn.Module):
         self.statistics: dict[str, Any] = dict(statistics or {})
         self.sampling = SamplingConfig.from_node(sampling)
         self.mask_current_state_for_value = bool(mask_current_state_for_value)
+        self.mask_future_state_for_value = bool(mask_future_state_for_value)
+        if self.mask_current_state_for_value and self.mask_future_state_for_value:
+            raise ConfigError("model.mask_current_state_for_value and model.mask_future_state_for_value: one or the "
+                              "other (V(s') sees s' alone, Q(s, a) sees s and a alone)")
 
         self.backbone = build(components["backbone"], "backbone", path="model.backbone")
         check_component(self.backbone, Backbone, "model.backbone")
@@ -135,6 +146,7 @@ class CosmosPolicyModel(nn.Module):
     def config(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this model (without weights): plain containers only."""
         return {"sampling": asdict(self.sampling), "mask_current_state_for_value": self.mask_current_state_for_value,
+                "mask_future_state_for_value": self.mask_future_state_for_value,
                 "spec": self.spec.to_dict(), "statistics": self.statistics}
 
     def with_backbone(self, backbone: nn.Module) -> "CosmosPolicyModel":
@@ -236,7 +248,13 @@ class CosmosPolicyModel(nn.Module):
         """(B, T) conditioning mask of a sample type (``POLICY`` / ``WORLD_MODEL`` / ``VALUE``, or (B,) codes)."""
         if not isinstance(sample_type, torch.Tensor):
             sample_type = torch.full((int(batch_size or 1),), int(sample_type), device=self.device)
-        return self.layout.condition_mask(sample_type.long(), self.mask_current_state_for_value)
+        return self.layout.condition_mask(sample_type.long(), self.mask_current_state_for_value,
+                                          self.mask_future_state_for_value)
+
+    def loss_mask(self, sample_type: torch.Tensor) -> torch.Tensor:
+        """(B, T) loss weights of training samples of types ``sample_type`` (``LatentLayout.loss_mask``)."""
+        return self.layout.loss_mask(sample_type.long(), self.mask_current_state_for_value,
+                                     self.mask_future_state_for_value)
 
     # ---------------------------------------------------------------- sampling
 

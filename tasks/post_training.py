@@ -24,12 +24,11 @@ import torchmetrics
 
 from cosmos_lit import diffusion
 from cosmos_lit.layout import POLICY, VALUE, WORLD_MODEL
-from cosmos_lit.model import CosmosPolicyModel
+from cosmos_lit.model import MODEL_OPTIONS, CosmosPolicyModel
 from cosmos_lit.registry import ConfigError, bind_kwargs, register
 from cosmos_lit.sample_stream import GlobalBatchStream
 from cosmos_lit.tasks.latent_cache import LatentCache
 
-MODEL_OPTIONS = ("sampling", "mask_current_state_for_value")
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ class CosmosPolicyTask(L.LightningModule):
 
     Args:
         model: the ``model`` config: one node per component (``backbone``, ``image_encoder``, ``vector_encoder``,
-            ``value_head``, ``text_encoder``) plus ``sampling`` and ``mask_current_state_for_value``
+            ``value_head``, ``text_encoder``) plus the ``MODEL_OPTIONS`` (``sampling``, the value masks)
             (``CosmosPolicyModel``'s arguments).
         spec: the DataModule's ``DataSpec`` as a dict (shapes of everything).
         statistics: dataset statistics (official keys ``actions_min`` ...), stored so a checkpoint is self-contained.
@@ -195,7 +194,7 @@ class CosmosPolicyTask(L.LightningModule):
         x0 = self.encode_batch(batch)
         sample_type = batch["sample_type"].long()
         cond_mask = model.condition_mask(sample_type)
-        loss_mask = lay.loss_mask(sample_type, model.mask_current_state_for_value)
+        loss_mask = model.loss_mask(sample_type)
         if self.future_image_loss_weight != 1.0:
             future = [lay.future_camera(i) for i in range(lay.num_cameras)]
             loss_mask[:, future] = loss_mask[:, future] * self.future_image_loss_weight

@@ -51,6 +51,18 @@ def test_value_of_future_state_only_masks_current_state_and_action():
     assert loss[0].tolist() == [0] * 10 + [1]  # supervised on the value frame only
 
 
+
+def test_q_value_of_state_and_action_masks_the_future_state():
+    lay = layout(3)
+    m = lay.condition_mask(torch.tensor([VALUE, WORLD_MODEL]), mask_future_state_for_value=True)
+    # blank, s (1..4) and a (5) clean; s' (6..9) noisy; value (10) generated
+    assert m[0].tolist() == [1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0]
+    assert m[1].tolist() == [1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0]  # world-model samples are unaffected
+    loss = lay.loss_mask(torch.tensor([VALUE, POLICY]), mask_future_state_for_value=True)
+    assert loss[0].tolist() == [0] * 10 + [1]  # supervised on the value frame only
+    assert loss[1].tolist() == [0] * 5 + [1] * 6
+
+
 def test_no_value_layout_has_no_value_frame():
     lay = layout(2, has_value=False)
     with pytest.raises(AttributeError):

@@ -215,7 +215,7 @@ def test_best_of_n_picks_the_highest_scoring_candidate_and_keeps_candidate_0_on_
         idx = [next(r for r in range(len(rows)) if torch.equal(rows[r], f)) for f in frames]
         return scripted.flatten()[idx]
 
-    scorer = SimpleNamespace(text_encoder=model.text_encoder, condition_mask=model.condition_mask, layout=model.layout,
+    scorer = SimpleNamespace(text_encoder=model.text_encoder, mask_future_state_for_value=False, condition_mask=model.condition_mask, layout=model.layout,
                              sample=lambda latents, *a, **k: latents,  # identity: futures and values = the candidate
                              value_head=SimpleNamespace(read=scripted_read))
     planner = build({"name": "best_of_n", "num_candidates": 3, "num_futures": 2, "num_values": 2, "action_steps": 2,

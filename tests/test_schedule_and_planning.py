@@ -351,3 +351,33 @@ def test_one_seed_per_observation_makes_each_plan_independent_of_its_batch():
         assert torch.equal(both[key][1:], alone[key]), key
     with pytest.raises(ValueError, match="one seed per observation"):
         planner.plan(model, images, proprio, INSTRUCTIONS, seed=[1, 2, 3])
+
+
+@torch.no_grad()
+def test_a_q_value_planning_model_scores_candidates_without_imagined_futures():
+    """Q(s, a) (model.mask_future_state_for_value): no world-model stage; each candidate's V values come from its own
+    latents with s' masked, seeds base + i + k (reproduced by hand)."""
+    model = _tiny_model(rowwise=True)
+    torch.manual_seed(0)
+    q = CosmosPolicyModel(dict(TINY_NODES), TINY_SPEC, TINY_STATS, sampling={"num_steps": 2},
+                          mask_future_state_for_value=True).eval().with_backbone(model.backbone)
+    images, proprio = _obs(2)
+    planner = build({**NODE, "num_values": 2}, "planner")
+    out = planner.plan(q, images, proprio, INSTRUCTIONS, seed=5)
+    assert out["candidate_values"].shape == (2, 3, 2) and "candidate_futures" not in out
+    b, i = 1, 1
+    cands = planner.plan(model, images, proprio, INSTRUCTIONS, seed=5)["candidate_actions"]
+    assert torch.equal(out["candidate_actions"], cands)  # the same policy samples
+    text = q.text_encoder(INSTRUCTIONS[b:b + 1])
+    cond, mask = q.policy_condition(images[b:b + 1], proprio[b:b + 1])
+    chunk = q.sample(cond, mask, text, num_steps=3, seed=[5 + i])
+    vm = q.condition_mask(VALUE, 1)
+    assert vm[0, q.layout.future_proprio] == 0 and vm[0, q.layout.action] == 1
+    values = [q.value_head.read(q.sample(chunk, vm, text, num_steps=n, seed=[5 + i + k])[:, :, q.layout.value])
+              for k, n in enumerate([1, 5])]
+    assert torch.equal(out["candidate_values"][b, i], torch.cat(values).float())
+    with pytest.raises(ConfigError, match="search_depth > 1 needs imagined futures"):
+        build({**NODE, "search_depth": 2}, "planner").plan(q, images, proprio, INSTRUCTIONS, seed=5)
+    with pytest.raises(ConfigError, match="one or the other"):
+        CosmosPolicyModel(dict(TINY_NODES), TINY_SPEC, TINY_STATS, mask_current_state_for_value=True,
+                          mask_future_state_for_value=True)

@@ -130,7 +130,9 @@ class BestOfN(Planner):
     network forwards of at most ``micro_batch`` rows. Every row draws its noise from its own seed (official seeds:
     candidate i: seed + i; future j of it: seed + i + j; value k of that future: seed + i + j + k), so the result
     does not depend on the batching: it equals the loop over observations and candidates with one sample each, and
-    ``micro_batch`` only trades memory for speed.
+    ``micro_batch`` only trades memory for speed. With a Q(s, a) planning model (``model.mask_future_state_for_value``,
+    the model-free variant) there is no world-model stage: each candidate gets V values from (s, a) directly
+    (seed + i + k).
 
     Args:
         num_candidates: N action chunks sampled from the policy.
@@ -284,9 +286,10 @@ class BestOfN(Planner):
             plan_scores        (B, N) float32         aggregated value of each candidate, in [0, 1]
             plan_choice        (B,) long              index of the executed candidate
             candidate_actions  (B, N, K, A)           normalized action chunks of all candidates
-            candidate_values   (B, N, F·V) float32    raw ensemble values in [0, 1] (future j, value k at j·V + k)
+            candidate_values   (B, N, F·V) float32    raw ensemble values in [0, 1] (future j, value k at j·V + k);
+                                                      (B, N, V) from a Q(s, a) planning model
             candidate_futures  (B, N, F, C, T, h, w)  world-model latents of each candidate's imagined futures (the
-                                                      scorer's; decode with ``decode_future_images``)
+                                                      scorer's; decode with ``decode_future_images``); absent for Q
             depth_scores       (B, N, D) float32      with search_depth D > 1: each depth's aggregated value
         with N = num_candidates, F = num_futures, V = num_values.
         """
@@ -302,18 +305,33 @@ class BestOfN(Planner):
         # rows (b, i): candidate i of observation b, seed + i
         base = observation_seeds(seed, b)
         cands = self._stage(model, cond, POLICY, text, [steps] * n, lambda o, i: base[o] + i, outer=b, per_obs=1)
-        # rows (b, i, j): future j of candidate i, seed + i + j
-        futures = self._stage(scorer, cands, WORLD_MODEL, s_text, self.future_steps,
-                              lambda o, j: base[o // n] + o % n + j, outer=b * n, per_obs=n)
-        # rows (b, i, j, k): value k of future j, seed + i + j + k
-        values = self._stage(scorer, futures, VALUE, s_text, self.value_steps,
-                             lambda o, k: base[o // (n * f)] + (o // f) % n + o % f + k, outer=b * n * f, per_obs=n * f,
-                             read=lambda lat: scorer.value_head.read(lat[:, :, scorer.layout.value]))
-        values = values.view(b, n, f * v).to(torch.float32)
-        scores = aggregate_values(values.reshape(b * n, f * v), self.aggregation, self.threshold).view(b, n)
+        read_value = lambda lat: scorer.value_head.read(lat[:, :, scorer.layout.value])  # noqa: E731
+        if scorer.mask_future_state_for_value:  # model-free Q(s, a): values of each candidate, no imagined future
+            if self.search_depth > 1:
+                raise ConfigError("planner.search_depth > 1 needs imagined futures; the planning model is a Q(s, a) "
+                                  "model (model.mask_future_state_for_value)")
+            if self.aggregation == "lcb" and v < 2:
+                raise ConfigError("planner.aggregation: 'lcb' needs at least 2 values; a Q(s, a) planning model has "
+                                  f"num_values = {v} per candidate (no futures)")
+            futures = None
+            # rows (b, i, k): value k of candidate i, seed + i + k
+            values = self._stage(scorer, cands, VALUE, s_text, self.value_steps, lambda o, k: base[o // n] + o % n + k,
+                                 outer=b * n, per_obs=n, read=read_value)
+            values = values.view(b, n, v).to(torch.float32)
+        else:
+            # rows (b, i, j): future j of candidate i, seed + i + j
+            futures = self._stage(scorer, cands, WORLD_MODEL, s_text, self.future_steps,
+                                  lambda o, j: base[o // n] + o % n + j, outer=b * n, per_obs=n)
+            # rows (b, i, j, k): value k of future j, seed + i + j + k
+            values = self._stage(scorer, futures, VALUE, s_text, self.value_steps,
+                                 lambda o, k: base[o // (n * f)] + (o // f) % n + o % f + k, outer=b * n * f,
+                                 per_obs=n * f, read=read_value)
+            values = values.view(b, n, f * v).to(torch.float32)
+        scores = aggregate_values(values.flatten(0, 1), self.aggregation, self.threshold).view(b, n)
         depth_scores = [scores]
-        state = futures.view(b * n, f, *futures.shape[1:])[:, 0]  # each candidate's first imagined future
         for depth in range(1, self.search_depth):
+            if depth == 1:
+                state = futures.view(b * n, f, *futures.shape[1:])[:, 0]  # each candidate's first imagined future
             d_scores, state = self._deeper(model, scorer, state, text, s_text, steps, base, depth, b)
             depth_scores.append(d_scores)
         if self.depth_aggregation == "average":
@@ -329,6 +347,7 @@ class BestOfN(Planner):
         spec = model.spec
         actions = model.read_outputs(cands.flatten(0, 1))["actions"].view(b, n, spec.chunk_size, spec.action_dim)
         extra = {"depth_scores": torch.stack(depth_scores, dim=-1).to(cands.device)} if self.search_depth > 1 else {}
+        if futures is not None:
+            extra["candidate_futures"] = futures.view(b, n, f, *futures.shape[1:])
         return {**model.read_outputs(latents), "latents": latents, "plan_scores": scores, "plan_choice": best.long(), **extra,
-                "candidate_actions": actions, "candidate_values": values.to(cands.device),
-                "candidate_futures": futures.view(b, n, f, *futures.shape[1:])}
+                "candidate_actions": actions, "candidate_values": values.to(cands.device)}
