@@ -412,9 +412,11 @@ class PolicyServer:
                     await connection.send(error_text(answer.message))
                     continue
                 answer.timing["prev_total_ms"] = prev_total_ms
+                # counted before the send: a client that has its answer must already see it counted
+                self.requests_served += 1
                 await connection.send(packb(openpi_response(answer)))
                 prev_total_ms = _ms(time.perf_counter() - arrival)
-                self._count_served(peer, answer.timing, prev_total_ms)
+                self._log_served(peer, answer.timing, prev_total_ms)
         except ConnectionClosed as e:
             if e.rcvd is not None and e.rcvd.code not in (1000, 1001):
                 log.info("client %s: connection closed (%s %s)", peer, e.rcvd.code, e.rcvd.reason)
@@ -428,8 +430,7 @@ class PolicyServer:
         self.request_errors += 1
         log.warning("client %s: bad request: %s", peer, message)
 
-    def _count_served(self, peer: str, timing: dict[str, Any], total_ms: float) -> None:
-        self.requests_served += 1
+    def _log_served(self, peer: str, timing: dict[str, Any], total_ms: float) -> None:
         log.info("infer client=%s batch=%d queue_ms=%.1f infer_ms=%.1f total_ms=%.1f", peer, timing["batch_size"],
                  timing["queue_ms"], timing["infer_ms"], total_ms)
 
