@@ -467,15 +467,16 @@ class EpisodeDataset(Dataset):
         future = min(t + self.chunk_size, last)
         params = AugmentParams.sample(rng) if self.augment else None
         images = self._images(e, info, (t, future), params)
-        chunk = info.actions[t : t + self.chunk_size]
-        if len(chunk) < self.chunk_size:  # past the end: repeat the last action
-            chunk = np.concatenate([chunk, np.repeat(info.actions[-1:], self.chunk_size - len(chunk), axis=0)])
         return {
             "images": images,
             "proprio": torch.from_numpy(np.ascontiguousarray(info.proprio[t], dtype=np.float32)),
             "future_proprio": torch.from_numpy(np.ascontiguousarray(info.proprio[future], dtype=np.float32)),
-            "actions": torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32)),
+            "actions": self._chunk(info, t),
             "value": torch.tensor(float(info.values[future]), dtype=torch.float32),
+            # the chunk after this one and the value at its end (the official next_action_chunk and
+            # next_value_function_return, for Q-style targets; the default objective does not use them)
+            "next_actions": self._chunk(info, future),
+            "next_value": torch.tensor(float(info.values[min(future + self.chunk_size, last)]), dtype=torch.float32),
             "sample_type": torch.tensor(sample_type, dtype=torch.int64),
             "instruction": info.instruction,
             "episode": torch.tensor(e, dtype=torch.int64),
@@ -484,6 +485,13 @@ class EpisodeDataset(Dataset):
             "augmented": torch.tensor(params is not None),
             **({} if key is None else {"sample_key": torch.tensor(int(key), dtype=torch.int64)}),
         }
+
+    def _chunk(self, info: EpisodeInfo, start: int) -> torch.Tensor:
+        """(K, A) normalized actions from step ``start``; past the episode's end the last action repeats."""
+        chunk = info.actions[start : start + self.chunk_size]
+        if len(chunk) < self.chunk_size:
+            chunk = np.concatenate([chunk, np.repeat(info.actions[-1:], self.chunk_size - len(chunk), axis=0)])
+        return torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
 
     def _images(self, e: int, info: EpisodeInfo, steps: tuple[int, int], params: AugmentParams | None) -> torch.Tensor:
         """(2N, 3, S, S): current cameras in order, then future cameras in order."""

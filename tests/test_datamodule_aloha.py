@@ -93,6 +93,24 @@ def test_batch_contract_and_frame_order(tmp_path, storage):
             np.testing.assert_allclose(colours[slot], expected, atol=tol)
 
 
+def test_next_chunk_and_next_value_as_the_official_datasets(tmp_path):
+    """next_actions: the chunk from the future step; next_value: the value at min(future + K, last), both repeating
+    the episode's end (the official next_action_chunk / next_value_function_return)."""
+    write(tmp_path, 2, storage="raw")
+    dm = make_dm(tmp_path)
+    dm.setup("fit")
+    ds = dm.train_dataset()
+    for i in range(len(ds)):
+        s = ds[i]
+        e, t = int(s["episode"]), int(s["t"])
+        info, last = ds.episodes[e], ds.episodes[e].length - 1
+        fut = min(t + 5, last)
+        rows = [min(fut + k, last) for k in range(5)]
+        np.testing.assert_array_equal(s["next_actions"].numpy(), info.actions[rows])
+        assert float(s["next_value"]) == pytest.approx(float(info.values[min(fut + 5, last)]))
+        assert s["next_actions"].shape == s["actions"].shape
+
+
 def test_writer_extras_and_compress_len_rows_of_cameras_outside_the_recorder_order(tmp_path):
     qpos, action = vectors(6)
     images = {"top": coded_frames(6, 0), "angle": coded_frames(6, 1)}  # neither is a recorder camera
