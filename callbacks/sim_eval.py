@@ -168,14 +168,17 @@ class SimEvalCallback(L.Callback):
         return self._pool
 
     def run_policy(self, model: Any, out_dir: Path, seeds: list[int] | None = None, rollout_dir: Path | None = None,
-                   provenance: dict[str, Any] | None = None, num_videos: int | None = None) -> list[Any]:
+                   provenance: dict[str, Any] | None = None, num_videos: int | None = None,
+                   precision: str | int = "32-true") -> list[Any]:
         """Run this evaluation's episodes (``seeds``: default all) with ``model`` (a ``CosmosPolicyModel``).
 
         Videos go to ``out_dir/videos``; with ``rollout_dir`` every finished episode is recorded there as a rollout
-        file carrying ``provenance`` (checkpoint, step, ...) and the env / planner settings.
+        file carrying ``provenance`` (checkpoint, step, ...) and the env / planner settings. The policy computes in
+        the run's ``precision`` (``cosmos_lit.precision``: bf16 autocast for a bf16 run, as it trains).
         """
         from cosmos_lit.eval.rollouts import run_episodes
         from cosmos_lit.policy import CosmosPolicy
+        from cosmos_lit.precision import autocast
 
         seeds = list(self.seeds if seeds is None else seeds)
         pool = self.pool(len(seeds))
@@ -187,7 +190,7 @@ class SimEvalCallback(L.Callback):
             attrs = {"planner": str(planner.get("name", "none")), "planner_config": planner,
                      "num_steps": self.num_steps, "execute_steps": policy.execute_steps,
                      "image_pipeline": self.image_pipeline, **dict(provenance or {})}
-        with torch.no_grad():
+        with torch.no_grad(), autocast(policy.device, precision):
             return run_episodes(policy, self.env_cfg, seeds, max_steps=self.max_steps,
                                 num_videos=self.num_videos if num_videos is None else num_videos,
                                 video_dir=out_dir / "videos", video_fps=self.video_fps,
@@ -212,7 +215,8 @@ class SimEvalCallback(L.Callback):
         t0 = time.monotonic()
         try:
             results = self.run_policy(self._model(pl_module), out_dir, my_seeds, rollout_dir=rollout_dir,
-                                      provenance=provenance, num_videos=self.num_videos if rank == 0 else 0)
+                                      provenance=provenance, num_videos=self.num_videos if rank == 0 else 0,
+                                      precision=trainer.precision)
         finally:
             if was_training:
                 pl_module.train()

@@ -157,12 +157,10 @@ def trainer_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
             trainer_cfg["strategy"] = instantiate(strategy)
         except Exception as e:
             raise CliError(f"trainer.strategy: {hydra_message(e)}") from None
-    precision = trainer_cfg.get("precision")
-    if precision == "auto":
-        import torch
+    if trainer_cfg.get("precision") == "auto":
+        from cosmos_lit.precision import trainer_precision
 
-        use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and trainer_cfg.get("accelerator") != "cpu"
-        trainer_cfg["precision"] = "bf16-mixed" if use_bf16 else "32-true"
+        trainer_cfg["precision"] = trainer_precision("auto", trainer_cfg.get("accelerator"))
     try:
         bind_kwargs(L.Trainer, trainer_cfg, "trainer")
     except ConfigError as e:

@@ -17,7 +17,6 @@ weights still come from ``ckpt_path``. An existing ``out`` that holds an index i
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -57,16 +56,6 @@ def _device(requested: str | None, cfg: dict[str, Any]) -> Any:
     return torch.device("cuda" if torch.cuda.is_available() and accelerator != "cpu" else "cpu")
 
 
-def _autocast(device: Any, cfg: dict[str, Any]) -> Any:
-    """bf16 autocast on a GPU unless the run's trainer asked for fp32 (as ``validate`` would run)."""
-    import torch
-
-    precision = str((cfg.get("trainer") or {}).get("precision", "auto"))
-    if device.type == "cuda" and (precision == "auto" or precision.startswith("bf16")):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def default_out(cfg: dict[str, Any]) -> Path:
     name = cfg.get("run_name") or (cfg.get("data") or {}).get("name", "run")
     return Path("runs") / str(name) / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_collect"
@@ -96,8 +85,8 @@ def record(collector: Any, ckpt: Path, out: Path, device_name: str | None, cfg: 
         RolloutFolder(out)  # index.json first: the folder is a rollout folder from here on
         write_config(out)
         provenance = {"checkpoint": str(ckpt.resolve()), "collected_by": "python -m cosmos_lit collect"}
-        with _autocast(device, cfg):
-            results = collector.run_policy(model, out, rollout_dir=out, provenance=provenance)
+        precision = (cfg.get("trainer") or {}).get("precision", "auto")  # the run's, as validate computes
+        results = collector.run_policy(model, out, rollout_dir=out, provenance=provenance, precision=precision)
     finally:
         collector.teardown(None, None, "collect")  # type: ignore[arg-type]
     results_path = out / "results.json"
