@@ -21,6 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from cosmos_lit.models.dit_attention import use_cosmos_attention
 from cosmos_lit.models.dit_framewise import framewise_forward
 from cosmos_lit.registry import ConfigError, register
 from cosmos_lit.weights.cosmos_dit import COSMOS_PREDICT2_2B_V2W
@@ -103,6 +104,7 @@ class BackboneAdapter(L.LightningModule):
             load_dit_weights(self.net, pretrained, trust_pickle=trust_pickle, dtype=torch.float32)
         if gradient_checkpointing:
             self.net.enable_gradient_checkpointing()
+        use_cosmos_attention(self.net)  # diffusers' math; fp32 attention under CPU bf16 autocast
         if attention_backend:
             self.net.set_attention_backend(attention_backend)
 
@@ -121,6 +123,11 @@ class BackboneAdapter(L.LightningModule):
     @property
     def text_dim(self) -> int:
         return int(self.config["text_embed_dim"])
+
+    @property
+    def width(self) -> int:
+        """The transformer's hidden size (heads x head dim)."""
+        return int(self.config["num_attention_heads"]) * int(self.config["attention_head_dim"])
 
     @property
     def latent_channels(self) -> int:
