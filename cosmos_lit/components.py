@@ -43,6 +43,7 @@ class FrameEncoder(Protocol):
 
     sequence_form: str
     normalization: str
+    calibrated: torch.Tensor  # bool scalar buffer
 
     @property
     def latent_channels(self) -> int:

@@ -236,8 +236,28 @@ class CosmosPolicyModel(nn.Module):
         return out
 
     def encode(self, current: torch.Tensor, future: torch.Tensor | None = None) -> torch.Tensor:
-        """Camera images (B, N, 3, S, S), and optionally their futures, -> latents (B, C, T, h, w) without vectors."""
-        return self.image_encoder.encode(self.slot_images(current, future))
+        """Camera images (B, N, 3, S, S), and optionally their futures, -> latents (B, C, T, h, w) without vectors.
+
+        In the ``per_image`` form a slot's latent depends on its image alone, so only the camera images and one black
+        image are encoded (not the black vector and missing-future slots: 2 of 7 images per ALOHA query instead of
+        7); the result equals ``image_encoder.encode(slot_images(current, future))`` up to float rounding.
+        """
+        encoder = self.image_encoder
+        if encoder.sequence_form != "per_image":
+            return encoder.encode(self.slot_images(current, future))
+        if not bool(encoder.calibrated):
+            raise RuntimeError("image encoder with normalization='data' used before calibrate(images)")
+        b, n = current.shape[:2]
+        images = current if future is None else torch.cat([current, future], dim=1)  # (B, N or 2N, 3, S, S)
+        black = images.new_full((1, *images.shape[2:]), -1.0)
+        lat = encoder.encode_images(torch.cat([images.flatten(0, 1), black]))  # (B·N' + 1, C, h, w)
+        cams = lat[:-1].view(b, images.shape[1], *lat.shape[1:])
+        out = lat[-1][None, :, None].repeat(b, 1, self.layout.num_frames, 1, 1)  # every frame black ...
+        for i in range(n):  # ... but the camera slots
+            out[:, :, self.layout.current_camera(i)] = cams[:, i]
+            if future is not None:
+                out[:, :, self.layout.future_camera(i)] = cams[:, n + i]
+        return out
 
     def calibrate(self, current: torch.Tensor, future: torch.Tensor) -> None:
         """Fit a ``normalization: data`` image encoder on training images (B, N, 3, S, S); no-op for the others."""

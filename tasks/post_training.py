@@ -170,14 +170,19 @@ class CosmosPolicyTask(L.LightningModule):
         if self.latent_cache is not None:  # one cache per fit: its data cannot change under it
             self.latent_cache = LatentCache(self.model)
         if self.model.image_encoder.normalization == "data":
-            loader = self.trainer.datamodule.train_dataloader()
-            if isinstance(loader.sampler, GlobalBatchStream):  # the stream's head: the same images on every rank
-                images = torch.stack([loader.dataset[key]["images"] for key in loader.sampler.head(32)])
-            else:
-                images = next(iter(loader))["images"][:32]
-            n = len(self.model.spec.cameras)
-            images = images.to(self.device)
-            self.model.calibrate(images[:, :n], images[:, n:])
+            self.calibrate_from(self.trainer.datamodule.train_dataloader())
+
+    def calibrate_from(self, loader: Any) -> None:
+        """Fit a ``normalization: data`` image encoder on 32 training samples of ``loader`` (no-op otherwise)."""
+        if self.model.image_encoder.normalization != "data":
+            return
+        if isinstance(loader.sampler, GlobalBatchStream):  # the stream's head: the same images on every rank
+            images = torch.stack([loader.dataset[key]["images"] for key in loader.sampler.head(32)])
+        else:
+            images = next(iter(loader))["images"][:32]
+        n = len(self.model.spec.cameras)
+        images = images.to(self.device)
+        self.model.calibrate(images[:, :n], images[:, n:])
 
     def _sample_generators(self, batch: dict[str, Any]) -> list[torch.Generator] | None:
         """One CPU generator per sample of a training-stream batch, seeded by (run seed, ``sample_key``), so σ and
