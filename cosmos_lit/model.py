@@ -162,14 +162,20 @@ class CosmosPolicyModel(nn.Module):
 
     # ---------------------------------------------------------------- env units <-> model units
 
-    def statistics_of(self, group: str) -> dict[str, list[float]]:
-        """``{group}_min`` / ``{group}_max`` cut to the model's dims (``group``: "actions" or "proprio")."""
+    def statistics_of(self, group: str) -> dict[str, Any]:
+        """``{group}_min`` / ``{group}_max`` cut to the model's dims (``group``: "actions" or "proprio"), with the
+        rescale options when the statistics carry them."""
+        from cosmos_lit.normalization import RESCALE_KEY
+
         lo, hi = f"{group}_min", f"{group}_max"
         if lo not in self.statistics or hi not in self.statistics:
             raise ConfigError(f"model statistics: expected {lo} and {hi} (the dataset statistics the model was trained with)")
         dim = self.spec.action_dim if group == "actions" else self.spec.proprio_dim
         # the model's action may be a prefix of the dataset's (RoboCasa: 7 of 12)
-        return {lo: list(self.statistics[lo])[:dim], hi: list(self.statistics[hi])[:dim]}
+        out: dict[str, Any] = {lo: list(self.statistics[lo])[:dim], hi: list(self.statistics[hi])[:dim]}
+        if RESCALE_KEY in self.statistics:
+            out[RESCALE_KEY] = dict(self.statistics[RESCALE_KEY])
+        return out
 
     def normalize_proprio(self, proprio: Any) -> Any:
         """Proprio in env units (..., P) -> [-1, 1] (numpy or torch)."""

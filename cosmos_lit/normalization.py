@@ -14,6 +14,11 @@ Normalization maps each dimension to [-1, 1]::
 
     x' = 2·(x − min)/(max − min) − 1          x = 0.5·(x' + 1)·(max − min) + min
 
+or, with the official ``rescale_data`` options carried under ``"_rescale"`` (:func:`with_rescale`;
+``data.scale_multiplier`` / ``data.non_negative_only``), to [-m, m] (``x' = m·(2u − 1)``) or [0, m] (``x' = m·u``),
+u = (x − min)/(max − min). The statistics dict carries the options, so the model, the policy and an exported folder
+un-normalize with the same rule the data were normalized with.
+
 Constant dimensions (max − min < ``EPS``) have no scale to learn: they normalize to 0 and un-normalize to their
 constant value (``min``), so a stuck gripper or an unused joint never produces inf/NaN. Values outside the
 demonstration range (rollouts normalized with demo statistics) are not clipped.
@@ -38,6 +43,7 @@ STAT_NAMES = ("min", "max", "mean", "std", "median")
 GROUPS = ("actions", "proprio")
 EPS = 1e-8
 SOURCE_KEY = "_source"  # what a cached statistics file was computed from (statistics_source)
+RESCALE_KEY = "_rescale"  # the official rescale_data options: {"scale_multiplier": m, "non_negative_only": bool}
 # bump when compute_statistics changes what it writes: caches of the old computation are then recomputed
 STATISTICS_VERSION = 1
 
@@ -64,22 +70,72 @@ def _bounds_like(x: Any, stats: Mapping[str, Sequence[float]], group: str) -> tu
     return lo.astype(dt), hi.astype(dt)
 
 
-def normalize(x: Any, stats: Mapping[str, Sequence[float]], group: str) -> Any:
-    """Min-max normalize ``x`` (..., D) to [-1, 1] with ``stats[group_min/max]``; constant dims map to 0."""
+def rescale_options(stats: Mapping[str, Any]) -> tuple[float, bool]:
+    """(scale_multiplier, non_negative_only) of ``stats`` (defaults 1.0 and False: the [-1, 1] range)."""
+    opts = stats.get(RESCALE_KEY) or {}
+    if not isinstance(opts, Mapping) or set(opts) - {"scale_multiplier", "non_negative_only"}:
+        raise ValueError(f"statistics: '{RESCALE_KEY}' must map scale_multiplier / non_negative_only, got {opts!r}")
+    multiplier, non_negative = opts.get("scale_multiplier", 1.0), opts.get("non_negative_only", False)
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or not (
+            math.isfinite(multiplier) and multiplier > 0):
+        raise ValueError(f"statistics: scale_multiplier must be a positive number, got {multiplier!r}")
+    if not isinstance(non_negative, bool):
+        raise ValueError(f"statistics: non_negative_only must be true or false, got {non_negative!r}")
+    return float(multiplier), non_negative
+
+
+def with_rescale(stats: Mapping[str, Any], scale_multiplier: float = 1.0, non_negative_only: bool = False,
+                 ) -> dict[str, Any]:
+    """``stats`` carrying the official rescale options; the defaults leave the dict as it was (no key added).
+
+    Statistics that already carry other options (a checkpoint's) are an error naming both settings.
+    """
+    wanted = {"scale_multiplier": float(scale_multiplier), "non_negative_only": bool(non_negative_only)}
+    rescale_options({RESCALE_KEY: wanted})  # validates
+    out = dict(stats)
+    if RESCALE_KEY in stats:
+        have = rescale_options(stats)
+        if have != (wanted["scale_multiplier"], wanted["non_negative_only"]):
+            raise ValueError(f"statistics: normalized with scale_multiplier={have[0]}, non_negative_only={have[1]}, "
+                             f"but the data asks for scale_multiplier={wanted['scale_multiplier']}, "
+                             f"non_negative_only={wanted['non_negative_only']} (data.scale_multiplier / "
+                             f"data.non_negative_only must match the statistics the model was trained with)")
+        return out
+    if wanted != {"scale_multiplier": 1.0, "non_negative_only": False}:
+        out[RESCALE_KEY] = wanted
+    return out
+
+
+def normalized_range(stats: Mapping[str, Any]) -> tuple[float, float]:
+    """(low, high) that the demonstrations' values normalize to: (-1, 1), (-m, m) or (0, m)."""
+    multiplier, non_negative = rescale_options(stats)
+    return (0.0 if non_negative else -multiplier), multiplier
+
+
+def normalize(x: Any, stats: Mapping[str, Any], group: str) -> Any:
+    """Min-max normalize ``x`` (..., D) to [-1, 1] (or the range of the stats' rescale options) with
+    ``stats[group_min/max]``; constant dims map to 0."""
+    multiplier, non_negative = rescale_options(stats)
     lo, hi = _bounds_like(x, stats, group)
     span = hi - lo
     constant = span < EPS
     safe = span + constant  # 1 where constant: avoids 0/0, result is masked below
-    out = 2.0 * (x - lo) / safe - 1.0
+    out = (x - lo) / safe if non_negative else 2.0 * (x - lo) / safe - 1.0
+    if multiplier != 1.0:
+        out = out * multiplier
     if isinstance(out, np.ndarray):
         return np.where(constant, 0.0, out).astype(out.dtype)
     return out.masked_fill(constant, 0.0)
 
 
-def unnormalize(x: Any, stats: Mapping[str, Sequence[float]], group: str) -> Any:
+def unnormalize(x: Any, stats: Mapping[str, Any], group: str) -> Any:
     """Inverse of :func:`normalize`: x = 0.5·(x' + 1)·(max − min) + min (constant dims give ``min``)."""
+    multiplier, non_negative = rescale_options(stats)
     lo, hi = _bounds_like(x, stats, group)
-    return 0.5 * (x + 1.0) * (hi - lo) + lo
+    if multiplier != 1.0:
+        x = x / multiplier
+    unit = x if non_negative else 0.5 * (x + 1.0)
+    return unit * (hi - lo) + lo
 
 
 def compute_statistics(arrays: Mapping[str, Sequence[np.ndarray] | np.ndarray]) -> dict[str, list[float]]:

@@ -44,8 +44,9 @@ class CosmosPolicy:
             ``configs/eval/<benchmark>.yaml``, ``cosmos_lit.eval.load_protocol(benchmark).image_pipeline``); default
             plain resize.
         seed: base seed of the sampling noise; query i uses seed + i (deterministic evaluation).
-        clip_actions: clamp normalized actions to [-1, 1] (the demonstrations' range) before un-normalizing; the
-            official code does not, but an undertrained model otherwise sends joint targets far outside it.
+        clip_actions: clamp normalized actions to the demonstrations' range ([-1, 1] by default) before
+            un-normalizing; the official code does not, but an undertrained model otherwise sends joint targets far
+            outside it.
     """
 
     def __init__(self, model: CosmosPolicyModel, planner: Planner | dict[str, Any] | None = None,
@@ -130,8 +131,13 @@ class CosmosPolicy:
         return result
 
     def _env_actions(self, actions: torch.Tensor) -> np.ndarray:
-        """Normalized (..., K, A) -> env units float32 numpy (clamped to [-1, 1] first with ``clip_actions``)."""
-        actions = actions.float().clamp(-1, 1) if self.clip_actions else actions.float()
+        """Normalized (..., K, A) -> env units float32 numpy (clamped to the demonstrations' normalized range, [-1, 1]
+        by default, first with ``clip_actions``)."""
+        from cosmos_lit.normalization import normalized_range
+
+        actions = actions.float()
+        if self.clip_actions:
+            actions = actions.clamp(*normalized_range(self.model.statistics_of("actions")))
         return self.model.unnormalize(actions.cpu().numpy(), "actions").astype(np.float32)
 
     def reset(self) -> None:

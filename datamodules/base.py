@@ -67,6 +67,7 @@ from cosmos_lit.normalization import (
     source_difference,
     statistics_source,
     unnormalize,
+    with_rescale,
 )
 from cosmos_lit.registry import ConfigError
 from cosmos_lit.spec import DataSpec
@@ -548,6 +549,9 @@ class EpisodeDataModule(L.LightningDataModule):
             an epoch's demonstration group (default 1: uniform over steps). At an episode's start the robot's state
             is the same in every episode and only the images say where the objects are; oversampling those steps
             gives that image-to-action mapping more of the training signal.
+        scale_multiplier, non_negative_only: the official ``rescale_data`` options: actions and proprio normalize to
+            [-m, m] (default m = 1: [-1, 1]) or, with ``non_negative_only``, to [0, m]; carried in the statistics
+            (``cosmos_lit.normalization.with_rescale``), so the model un-normalizes with the same rule.
         statistics_path: statistics JSON; default ``<data_dir>/dataset_statistics.json`` (a cache: recomputed when it
             was computed from other data). A file given here is written when missing, used when it was computed from
             these demos or carries no record of its source (official statistics files), and an error otherwise.
@@ -583,6 +587,8 @@ class EpisodeDataModule(L.LightningDataModule):
         stride: int = 1,
         start_steps: int = 0,
         start_repeat: int = 1,
+        scale_multiplier: float = 1.0,
+        non_negative_only: bool = False,
         statistics_path: str | None = None,
         flip_images: bool | None = None,
         proprio_dim: int | None = None,
@@ -630,6 +636,11 @@ class EpisodeDataModule(L.LightningDataModule):
         self.samples_per_epoch = None if samples_per_epoch is None else int(samples_per_epoch)
         self.stride = int(stride)
         self.start_steps, self.start_repeat = int(start_steps), int(start_repeat)
+        try:
+            with_rescale({}, scale_multiplier, non_negative_only)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"data.scale_multiplier / data.non_negative_only: {e}") from None
+        self.scale_multiplier, self.non_negative_only = float(scale_multiplier), bool(non_negative_only)
         self.statistics_path = statistics_path
         self.flip_images = flip_images
         self.expected_proprio_dim = proprio_dim
@@ -709,7 +720,11 @@ class EpisodeDataModule(L.LightningDataModule):
             handles.close()  # workers open their own handles; none may cross a fork
         self._check_dims(infos)
         n_demo = len(demos)
-        stats = self._load_or_compute_statistics(infos[:n_demo])
+        try:
+            stats = with_rescale(self._load_or_compute_statistics(infos[:n_demo]), self.scale_multiplier,
+                                 self.non_negative_only)
+        except ValueError as e:
+            raise ConfigError(f"data.scale_multiplier / data.non_negative_only: {e}") from None
         for info in infos:
             info.proprio = normalize(info.proprio, stats, "proprio").astype(np.float32)
             info.actions = normalize(info.actions, stats, "actions").astype(np.float32)

@@ -4,6 +4,7 @@ Frames encode (camera, step) in their colour so the tests can check which frame 
 camera k has channel k bright, and the brightness of every channel grows with the step t.
 """
 
+import copy
 import os
 
 import h5py
@@ -374,3 +375,38 @@ def test_lightning_fit_and_checkpoint_carry_statistics(tmp_path):
     ckpt = torch.load(tmp_path / "probe.ckpt", weights_only=False)
     assert ckpt["AlohaDataModule"]["statistics"] == dm.statistics
     assert ckpt["AlohaDataModule"]["spec"]["cameras"] == ["top"]
+
+
+def test_rescale_options_reach_the_model_and_the_policy(tmp_path):
+    """data.scale_multiplier / data.non_negative_only: the DataModule normalizes to [0, m], the statistics carry the
+    rule, and the model un-normalizes the training targets back to the recorded actions; a clash is one line."""
+    from cosmos_lit.model import CosmosPolicyModel
+    from helpers import TINY_NODES
+    from cosmos_lit.registry import ConfigError
+
+    write(tmp_path / "d", 2)
+    dm = make_dm(tmp_path / "d", scale_multiplier=2.0, non_negative_only=True)
+    dm.setup("fit")
+    ds = dm.train_dataset()
+    actions = torch.stack([ds[i]["actions"] for i in range(len(ds))])
+    assert actions.min() >= 0.0 and actions.max() <= 2.0 + 1e-6 and actions.max() > 1.5
+    spec = {**dm.spec.to_dict(), "image_size": 32}  # room for the chunk in a latent frame; images are not used
+    model = CosmosPolicyModel(copy.deepcopy(TINY_NODES), spec, dm.statistics)
+    s = ds[3]
+    e, t = int(s["episode"]), int(s["t"])
+    _, recorded = vectors(12, seed=e)
+    raw = model.unnormalize(s["actions"].numpy(), "actions")
+    np.testing.assert_allclose(raw, recorded[[min(t + k, 11) for k in range(5)]], atol=1e-4)
+    from cosmos_lit.policy import CosmosPolicy
+
+    policy = CosmosPolicy(model)  # clip_actions clamps to the demonstrations' normalized range, [0, 2] here
+    lo, hi = np.array(dm.statistics["actions_min"]), np.array(dm.statistics["actions_max"])
+    np.testing.assert_allclose(policy._env_actions(torch.full((1, 5, 14), -0.5))[0, 0], lo, atol=1e-5)
+    np.testing.assert_allclose(policy._env_actions(torch.full((1, 5, 14), 3.0))[0, 0], hi, atol=1e-5)
+    clash = make_dm(tmp_path / "d")
+    clash.load_state_dict({"statistics": dm.statistics})
+    with pytest.raises(ConfigError, match="data.scale_multiplier / data.non_negative_only: statistics: normalized "
+                                          "with scale_multiplier=2.0"):
+        clash.setup("fit")
+    with pytest.raises(ConfigError, match="data.scale_multiplier"):
+        make_dm(tmp_path / "d", scale_multiplier=0)

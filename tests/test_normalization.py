@@ -13,11 +13,13 @@ from cosmos_lit.normalization import (
     compute_statistics,
     load_statistics,
     normalize,
+    normalized_range,
     read_statistics,
     save_statistics,
     source_difference,
     statistics_source,
     unnormalize,
+    with_rescale,
 )
 
 
@@ -141,3 +143,37 @@ def test_statistics_source_is_a_checksum_of_the_values(episodes, tmp_path):
     assert load_statistics(tmp_path / "s.json") == stats and read_statistics(tmp_path / "s.json") == (stats, source)
     save_statistics(tmp_path / "official.json", stats)
     assert read_statistics(tmp_path / "official.json") == (stats, None)
+
+
+@pytest.mark.parametrize("multiplier,non_negative,low", [(1.0, True, 0.0), (2.5, False, -2.5), (0.5, True, 0.0)])
+def test_official_rescale_options(episodes, multiplier, non_negative, low):
+    """rescale_data's options: [0, m] with non_negative_only, [-m, m] otherwise; the inverse returns the data."""
+    acts, prop = episodes
+    stats = with_rescale(compute_statistics({"actions": acts, "proprio": prop}), multiplier, non_negative)
+    x = np.concatenate(acts)
+    lo, hi = np.array(stats["actions_min"]), np.array(stats["actions_max"])
+    unit = (x - lo) / (hi - lo)
+    xn = normalize(x, stats, "actions")
+    np.testing.assert_allclose(xn, multiplier * (unit if non_negative else 2 * unit - 1), atol=1e-5)
+    assert normalized_range(stats) == (low, multiplier)
+    assert xn.min() == pytest.approx(low, abs=1e-5) and xn.max() == pytest.approx(multiplier, abs=1e-5)
+    np.testing.assert_allclose(unnormalize(xn, stats, "actions"), x, atol=1e-4)
+    xt = normalize(torch.from_numpy(x), stats, "actions")
+    np.testing.assert_allclose(unnormalize(xt, stats, "actions").numpy(), x, atol=1e-4)
+
+
+def test_default_rescale_adds_nothing_and_mismatch_is_an_error(episodes):
+    acts, prop = episodes
+    stats = compute_statistics({"actions": acts, "proprio": prop})
+    assert with_rescale(stats) == stats and normalized_range(stats) == (-1.0, 1.0)
+    rescaled = with_rescale(stats, 2.0, True)
+    assert rescaled["_rescale"] == {"scale_multiplier": 2.0, "non_negative_only": True}
+    assert with_rescale(rescaled, 2.0, True) == rescaled
+    with pytest.raises(ValueError, match="normalized with scale_multiplier=2.0, non_negative_only=True, but the "
+                                         "data asks for scale_multiplier=1.0"):
+        with_rescale(rescaled)
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="scale_multiplier must be a positive number"):
+            with_rescale(stats, bad)
+    with pytest.raises(ValueError, match="'_rescale' must map"):
+        normalize(np.zeros((1, 3)), {**stats, "_rescale": {"scale": 2}}, "actions")
