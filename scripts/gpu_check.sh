@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # GPU smoke check and benchmark on a machine with CUDA PyTorch (no network): installs cosmos_lit and the few
 # pure-Python packages a stock CUDA image lacks from pre-downloaded wheels in .wheels/, then
-#   1. times the 2B policy per action chunk and one bf16-mixed training step (benchmarks/bench_policy_latency.py),
+#   1. times the 2B policy per action chunk and one bf16-mixed training step against their FLOP floors
+#      (benchmarks/bench_policy_latency.py), best-of-8 planning with 3 futures x 5 values (bench_planning.py) and
+#      the DiT's forward + backward against diffusers' (bench_backbone_step.py): issue 18's GPU rows;
 #   2. runs a short bf16-mixed `fit` of the tiny model on CUDA through the CLI (ALOHA-format episodes written here).
+# Everything it prints goes to $OUT/*.txt (docs/speed.md takes its tables from there).
 # Prepare on a machine with PyPI:  pip download --no-deps -d .wheels diffusers hydra-core omegaconf \
 #   antlr4-python3-runtime==4.9.3 importlib_metadata
 set -euo pipefail
@@ -26,6 +29,9 @@ for i in range(4):
 PY
 $PY benchmarks/bench_policy_latency.py --cameras 3 --steps 1 5 10 --batch 1 --train-batch 8 --reps 5 2>&1 | tee "$OUT/bench_policy_latency.txt"
 $PY benchmarks/bench_policy_latency.py --cameras 2 --steps 5 --batch 1 --train-batch 0 --reps 5 2>&1 | tee -a "$OUT/bench_policy_latency.txt"
+$PY benchmarks/bench_planning.py --model 2b --candidates 8 --futures 3 --values 5 --reps 1 2>&1 | tee "$OUT/bench_planning.txt"
+$PY benchmarks/bench_backbone_step.py --backbone cosmos_predict2_2b --frames 11 --hw 28 --batch 4 --reps 3 2>&1 \
+  | tee "$OUT/bench_backbone_step.txt"
 $PY -m cosmos_lit fit --config configs/aloha_sim.yaml data=aloha data.data_dir="$OUT/episodes" data.cameras=[top] \
   data.image_size=64 data.batch_size=8 data.num_workers=2 data.val_fraction=0.25 model/text_encoder=hash trainer=gpu \
   trainer.max_steps=40 trainer.val_check_interval=20 trainer.limit_val_batches=2 eval=none run_dir="$OUT/run" \

@@ -2,8 +2,8 @@
 
 1. On the CPU, attention under bf16 autocast (or of bf16 inputs) is computed in float32: PyTorch's CPU
    flash-attention kernel is 3-5x slower in bf16 than in float32 at the tiny DiT's shapes (its backward above all;
-   ``benchmarks/bench_train_step.py``), while the projections around it gain about 2x from bf16 on CPUs with
-   AVX512-BF16. On a GPU nothing changes.
+   ``benchmarks/bench_train_step.py``), while the projections around it gain from bf16 on CPUs with AVX512-BF16
+   (bf16 matrix products about 4x the fp32 rate on the development machine, docs/speed.md). On a GPU nothing changes.
 2. The backend chosen with ``model.backbone.attention_backend`` (``set_attention_backend``) is passed on to
    ``dispatch_attention_fn``; diffusers' processor (0.42) ignores it and always takes the global default.
 

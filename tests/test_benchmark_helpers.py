@@ -1,0 +1,49 @@
+"""The benchmarks' shared parts: the FLOP floor's counter and table, and the previous path every speed table's
+baseline row runs (it must compute what today's path computes, only slower)."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+from cosmos_lit.model import CosmosPolicyModel
+from helpers import TINY_NODES, TINY_SPEC, TINY_STATS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from hardware_floor import count_flops, matmul_rate, table  # noqa: E402
+from previous_path import use_previous_path  # noqa: E402
+
+
+def test_count_flops_and_rate_of_a_matrix_product():
+    a, b = torch.randn(64, 32), torch.randn(32, 16)
+    assert count_flops(lambda: a @ b) == 2 * 64 * 32 * 16
+    assert matmul_rate(64, 32, 16, torch.float32, "cpu", seconds=0.01) > 0
+
+
+def test_table_says_not_measured_for_nan():
+    text = table(["path", "s"], [["gpu", float("nan")], ["cpu", 0.12345]])
+    assert text.splitlines() == ["| path | s |", "|---|---|", "| gpu | not measured |", "| cpu | 0.123 |"]
+
+
+def test_previous_path_predicts_what_todays_path_predicts():
+    """The baseline rows time the same computation: diffusers' attention processor and every slot encoded."""
+    torch.manual_seed(0)
+    nodes = {**copy.deepcopy(TINY_NODES),
+             "image_encoder": {"name": "wan2.1_tiny", "normalization": "none", "sequence_form": "per_image"}}
+    today = CosmosPolicyModel(nodes, TINY_SPEC.to_dict(), copy.deepcopy(TINY_STATS)).eval()
+    previous = copy.deepcopy(today)
+    use_previous_path(previous)
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.transformers.transformer_cosmos import CosmosAttnProcessor2_0
+
+    processors = [m.processor for m in previous.backbone.modules() if isinstance(m, Attention)]
+    assert processors and all(isinstance(p, CosmosAttnProcessor2_0) for p in processors)
+    images = torch.rand(2, 2, 3, 32, 32) * 2 - 1
+    proprio = torch.rand(2, 4) * 2 - 1
+    with torch.no_grad():
+        a = today.predict(images, proprio, ["stack the blocks"] * 2, num_steps=3, seed=0)
+        b = previous.predict(images, proprio, ["stack the blocks"] * 2, num_steps=3, seed=0)
+    assert (a["actions"] - b["actions"]).abs().max() < 1e-4
