@@ -246,7 +246,7 @@ def test_sim_eval_records_under_the_step_folder(tmp_path):
     cb = SimEvalCallback(env, num_episodes=2, num_workers=2, execute_steps=4, num_videos=0, record_rollouts=True,
                          planner="none")
     trainer = SimpleNamespace(global_step=7, global_rank=0, world_size=1, default_root_dir=str(tmp_path), loggers=[],
-                              callback_metrics={}, ckpt_path=None)
+                              callback_metrics={}, ckpt_path=None, precision="32-true")
     try:
         metrics = cb._evaluate(trainer, load_task(CKPT))
     finally:
