@@ -161,6 +161,10 @@ def trainer_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
         from cosmos_lit.precision import trainer_precision
 
         trainer_cfg["precision"] = trainer_precision("auto", trainer_cfg.get("accelerator"))
+    if trainer_cfg.get("accelerator") == "cpu":
+        from cosmos_lit.precision import warn_if_emulated_bf16
+
+        warn_if_emulated_bf16(trainer_cfg.get("precision", "32-true"), "cpu", "trainer.precision")
     try:
         bind_kwargs(L.Trainer, trainer_cfg, "trainer")
     except ConfigError as e:

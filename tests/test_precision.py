@@ -31,6 +31,19 @@ def test_precision_strings_and_auto():
         assert not torch.is_autocast_enabled("cpu")
 
 
+def test_bf16_on_a_cpu_without_bf16_instructions_warns_with_the_key(monkeypatch):
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    with pytest.warns(precision.SlowBf16Warning, match=r"trainer.precision=bf16-mixed: this CPU has no bf16.*"
+                                                       r"use trainer.precision=32-true"):
+        assert precision.warn_if_emulated_bf16("bf16-mixed", "cpu", "trainer.precision")
+    with pytest.warns(precision.SlowBf16Warning, match=r"precision=bf16: .*use precision=fp32"):
+        assert precision.warn_if_emulated_bf16("bf16", "cpu", "precision")
+    assert not precision.warn_if_emulated_bf16("32-true", "cpu", "trainer.precision")
+    assert not precision.warn_if_emulated_bf16("auto", "cpu", "precision")  # auto is fp32 on a CPU
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    assert not precision.warn_if_emulated_bf16("bf16-mixed", "cpu", "trainer.precision")
+
+
 class _AttentionDtypes(TorchDispatchMode):
     """Records the dtype of every scaled-dot-product-attention kernel call (forward and backward)."""
 

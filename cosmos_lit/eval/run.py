@@ -180,13 +180,14 @@ def evaluate(config: str | Path, overrides: list[str], argv: list[str] | None = 
     """Compose, plan, build and run; returns (report, report path). Raises ConfigError & co. on bad input."""
     import torch
 
-    from cosmos_lit.precision import uses_bf16
+    from cosmos_lit.precision import uses_bf16, warn_if_emulated_bf16
 
     protocol, opts = load(config, overrides)
     jobs = plan_jobs(protocol, opts.suites, opts.tasks)
     model, meta = build_model(opts, protocol)
     policy = policy_for(model, protocol, clip_actions=opts.clip_actions)
     bf16 = uses_bf16(opts.precision, opts.device)
+    warn_if_emulated_bf16(opts.precision, opts.device, "precision")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(opts.out) if opts.out else Path("runs") / "eval" / f"{protocol.benchmark}-{stamp}" / "results.json"
     meta.update(argv=list(argv if argv is not None else sys.argv[1:]), device=opts.device,
