@@ -16,7 +16,8 @@ The attention q/k RMSNorms get the official epsilon 1e-6 (diffusers builds them 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from functools import lru_cache
+from typing import Any, Callable
 
 import lightning as L
 import torch
@@ -32,6 +33,9 @@ COSMOS_PREDICT2_2B: dict[str, Any] = COSMOS_PREDICT2_2B_V2W
 COSMOS_PREDICT2_TINY: dict[str, Any] = dict(
     COSMOS_PREDICT2_2B, num_attention_heads=2, attention_head_dim=32, num_layers=2, text_embed_dim=32, adaln_lora_dim=16
 )
+
+# ``model.backbone.compile`` values: off, on (torch.compile's default mode), or a torch.compile mode.
+COMPILE_MODES = (False, True, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # The official network's q/k RMSNorm epsilon; the released weights were trained with it. diffusers' attention
 # builds its ``norm_q`` / ``norm_k`` with its default 1e-5 (its image-context q/k norms already use 1e-6).
@@ -66,6 +70,11 @@ class BackboneAdapter(L.LightningModule):
         attention_backend: diffusers attention backend name (e.g. "_native_cudnn", "flash"); None keeps the default.
         framewise_adaln: compute the AdaLN modulation once per latent frame instead of once per token
             (``dit_framewise``; same result, fewer FLOPs); false calls diffusers' own forward.
+        compile: run the forward through ``torch.compile`` (inductor; the same result within float rounding,
+            ``tests/test_compile.py``): ``true``, or a ``torch.compile`` mode (``"reduce-overhead"``: CUDA graphs,
+            ``"max-autotune"``, ``"max-autotune-no-cudagraphs"``). The first call of each shape and mode (training,
+            no-grad sampling) compiles (tens of seconds on a small CPU); a second shape recompiles once with dynamic
+            sizes. The weights and checkpoints are those of the eager module.
     """
 
     def __init__(
@@ -77,6 +86,7 @@ class BackboneAdapter(L.LightningModule):
         gradient_checkpointing: bool = False,
         attention_backend: str | None = None,
         framewise_adaln: bool = True,
+        compile: bool | str = False,
     ):
         super().__init__()
         from diffusers import CosmosTransformer3DModel
@@ -89,6 +99,10 @@ class BackboneAdapter(L.LightningModule):
             raise ConfigError(f"model.backbone.config.in_channels: expected 17 (16 latent + condition mask), got {cfg.get('in_channels')}")
         self.config = cfg
         self.framewise_adaln = framewise_adaln
+        if compile not in COMPILE_MODES:
+            raise ConfigError(f"model.backbone.compile: expected one of {', '.join(map(str, COMPILE_MODES))}, "
+                              f"got {compile!r}")
+        self.compile_mode: str | None = ("default" if compile is True else compile) or None  # torch.compile mode
         ctx = torch.device("meta") if (meta_init or pretrained) else contextlib.nullcontext()
         with ctx:
             self.net = CosmosTransformer3DModel(**cfg)
@@ -138,17 +152,36 @@ class BackboneAdapter(L.LightningModule):
         dtype = self.net.patch_embed.proj.weight.dtype  # bf16 weights for inference, fp32 (+ autocast) to train
         mask = cond_mask[:, None, :, None, None].expand(b, 1, t, h, w)
         hidden = torch.cat([net_in, mask.to(net_in.dtype)], dim=1).to(dtype)
-        if self.framewise_adaln:
-            return framewise_forward(self.net, hidden, timesteps.to(dtype), text.to(dtype)).to(net_in.dtype)
-        out = self.net(
-            hidden_states=hidden,
-            timestep=timesteps.to(dtype)[:, None, :, None, None],
-            encoder_hidden_states=text.to(dtype),
-            padding_mask=hidden.new_zeros(1, 1, h, w),
-            fps=None,
-            return_dict=False,
-        )[0]
-        return out.to(net_in.dtype)
+        forward = framewise_forward if self.framewise_adaln else diffusers_forward
+        if self.compile_mode:
+            forward = compiled(forward, self.compile_mode)
+        return forward(self.net, hidden, timesteps.to(dtype), text.to(dtype)).to(net_in.dtype)
+
+
+def diffusers_forward(net: torch.nn.Module, hidden_states: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
+                      ) -> torch.Tensor:
+    """diffusers' own ``CosmosTransformer3DModel`` forward with per-frame ``timesteps`` (B, T), the signature of
+    ``framewise_forward``: no padding (zero mask), fps modulation off."""
+    h, w = hidden_states.shape[-2:]
+    return net(
+        hidden_states=hidden_states,
+        timestep=timesteps[:, None, :, None, None],
+        encoder_hidden_states=text,
+        padding_mask=hidden_states.new_zeros(1, 1, h, w),
+        fps=None,
+        return_dict=False,
+    )[0]
+
+
+@lru_cache(maxsize=None)
+def compiled(forward: Callable[..., torch.Tensor], mode: str = "default") -> Callable[..., torch.Tensor]:
+    """``forward(net, ...)`` through ``torch.compile`` in ``mode``, built once per process and mode.
+
+    The network is an argument, not a captured object: dynamo lifts its parameters to graph inputs, so one compiled
+    graph serves every network of the same architecture (the training backbone and a deep copy such as the EMA's)
+    and always reads the weights of the network it is given.
+    """
+    return torch.compile(forward, mode=mode)
 
 
 @register("backbone", "cosmos_predict2_2b")
@@ -159,11 +192,13 @@ def cosmos_predict2_2b(
     gradient_checkpointing: bool = False,
     attention_backend: str | None = None,
     framewise_adaln: bool = True,
+    compile: bool | str = False,
 ) -> BackboneAdapter:
     """Cosmos-Predict2-2B Video2World DiT (28 blocks, width 2048, 16 heads); weights from ``pretrained=``."""
     return BackboneAdapter(config=dict(COSMOS_PREDICT2_2B), pretrained=pretrained, trust_pickle=trust_pickle,
                            meta_init=meta_init, gradient_checkpointing=gradient_checkpointing,
-                           attention_backend=attention_backend, framewise_adaln=framewise_adaln)
+                           attention_backend=attention_backend, framewise_adaln=framewise_adaln,
+                           compile=compile)
 
 
 @register("backbone", "cosmos_predict2_tiny")
@@ -180,6 +215,7 @@ def cosmos_predict2_tiny(
     gradient_checkpointing: bool = False,
     attention_backend: str | None = None,
     framewise_adaln: bool = True,
+    compile: bool | str = False,
 ) -> BackboneAdapter:
     """The Cosmos-Predict2 DiT architecture at toy size (CPU runs and tests); random init unless ``pretrained=``.
 
@@ -205,4 +241,4 @@ def cosmos_predict2_tiny(
     )
     return BackboneAdapter(config=config, pretrained=pretrained, trust_pickle=trust_pickle, meta_init=meta_init,
                            gradient_checkpointing=gradient_checkpointing, attention_backend=attention_backend,
-                           framewise_adaln=framewise_adaln)
+                           framewise_adaln=framewise_adaln, compile=compile)
