@@ -6,9 +6,9 @@ task's optimizer, EMA and latent cache), and times ``--steps`` optimizer steps a
 checkpoints, logger or closed-loop evaluation). The latent cache is filled before the first step, so the rows are a
 run's steady state (``--no-fill-cache``: the steps while it fills). The baseline row is the path as it was before the
 levers (``previous_path.py``: float32, diffusers' attention processor, every slot image encoded); every row's ratio is
-against it. A bf16 row on a CPU without bf16 instructions is not run (emulated bf16 is many times slower). The floor is the counted FLOPs of one step
-(forward + backward of the training loss, ``hardware_floor.count_flops``) over the matrix-product rate measured here
-in the row's number format, at the backbone's token-by-width shape.
+against it. A bf16 row on a CPU without bf16 instructions is not run (emulated bf16 is many times slower). The floor
+is the counted FLOPs of one step (forward + backward of the training loss, ``hardware_floor.count_flops``) over the
+matrix-product rate measured here in the row's number format, at the backbone's token-by-width shape.
 
     python benchmarks/bench_train_step.py                                   # the README's default run (64 px)
     python benchmarks/bench_train_step.py --overrides experiment=aloha_sim_transfer   # its longer run (112 px)
@@ -46,8 +46,8 @@ LEVERS = {
 
 class FillLatentCache(L.Callback):
     """Encode every training image into the task's latent cache before the first step, so the timed steps are the
-    steady state of a run (in the README's default run the cache is full after about a sixth of its steps; before,
-    a step also encodes the images it has not seen)."""
+    steady state of a run (in the README's default run of 3,000 steps the cache is nearly full after its first epoch
+    of about 450 steps; until then a step also encodes the images it has not seen)."""
 
     def on_train_start(self, trainer: L.Trainer, task: Any) -> None:
         if task.latent_cache is None:
