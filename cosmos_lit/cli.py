@@ -161,10 +161,6 @@ def trainer_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
         from cosmos_lit.precision import trainer_precision
 
         trainer_cfg["precision"] = trainer_precision("auto", trainer_cfg.get("accelerator"))
-    if trainer_cfg.get("accelerator") == "cpu":
-        from cosmos_lit.precision import warn_if_emulated_bf16
-
-        warn_if_emulated_bf16(trainer_cfg.get("precision", "32-true"), "cpu", "trainer.precision")
     try:
         bind_kwargs(L.Trainer, trainer_cfg, "trainer")
     except ConfigError as e:
@@ -217,6 +213,10 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, callbacks: list[Any], comm
     plugins = list(trainer_cfg.pop("plugins", None) or [])
     if not any(isinstance(p, AtomicCheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())  # a kill during a save never leaves a half checkpoint
+    from cosmos_lit.precision import training_device, warn_if_emulated_bf16
+
+    if training_device(trainer_cfg.get("accelerator")) == "cpu":  # here, so bad data is still reported first
+        warn_if_emulated_bf16(trainer_cfg.get("precision", "32-true"), "cpu", "trainer.precision")
     return L.Trainer(**trainer_cfg, default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers or False,
                      plugins=plugins)
 

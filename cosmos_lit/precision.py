@@ -74,15 +74,18 @@ def warn_if_emulated_bf16(precision: str | int, device: torch.device | str, key:
     return True
 
 
+def training_device(accelerator: str | None) -> str:
+    """The device type a Trainer with ``trainer.accelerator`` trains on (``auto``: a GPU if there is one)."""
+    if accelerator in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if accelerator == "gpu" else str(accelerator)
+
+
 def trainer_precision(precision: str | int, accelerator: str | None) -> str:
     """Lightning's precision for ``trainer.precision`` (``auto`` resolved for the accelerator that will train)."""
     if str(precision) != "auto":
         return str(precision)
-    if accelerator in (None, "auto", "gpu", "cuda"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        device = "cpu" if accelerator == "cpu" else str(accelerator)
-    return "bf16-mixed" if uses_bf16("auto", device) else "32-true"
+    return "bf16-mixed" if uses_bf16("auto", training_device(accelerator)) else "32-true"
 
 
 def autocast(device: torch.device | str, precision: str | int) -> ContextManager[Any]:

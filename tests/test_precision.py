@@ -23,6 +23,9 @@ def test_precision_strings_and_auto():
     assert not precision.uses_bf16("auto", "cpu")  # opt-in on a CPU
     assert precision.trainer_precision("auto", "cpu") == "32-true"
     assert precision.trainer_precision("32-true", "cpu") == "32-true"
+    assert precision.training_device("cpu") == "cpu"
+    assert precision.training_device("gpu") == "cuda"
+    assert precision.training_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="precision: expected auto.*got '16-mixed'"):
         precision.uses_bf16("16-mixed", "cpu")
     with precision.autocast("cpu", "bf16-mixed"):
