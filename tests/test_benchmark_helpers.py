@@ -13,7 +13,7 @@ from cosmos_lit.model import CosmosPolicyModel
 from helpers import TINY_NODES, TINY_SPEC, TINY_STATS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from hardware_floor import count_flops, matmul_rate, table  # noqa: E402
+from hardware_floor import count_flops, flops_by_kind, matmul_rate, table  # noqa: E402
 from previous_path import use_previous_path  # noqa: E402
 
 
@@ -47,3 +47,21 @@ def test_previous_path_predicts_what_todays_path_predicts():
         a = today.predict(images, proprio, ["stack the blocks"] * 2, num_steps=3, seed=0)
         b = previous.predict(images, proprio, ["stack the blocks"] * 2, num_steps=3, seed=0)
     assert (a["actions"] - b["actions"]).abs().max() < 1e-4
+
+
+def test_count_flops_counts_cpu_attention_forward_and_backward():
+    """scaled_dot_product_attention on a CPU runs a kernel torch's counter does not know; the floor must count it:
+    2 products of 2·L·L·d per head forward, 5 backward (scores recomputed, then dV, dP, dQ, dK)."""
+    b, h, n, d = 2, 3, 40, 16
+    q, k, v = (torch.randn(b, h, n, d, requires_grad=True) for _ in range(3))
+    per_product = 2 * b * h * n * n * d
+    assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)) == 2 * per_product
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert count_flops(lambda: out.sum().backward()) == 5 * per_product
+
+
+def test_flops_by_kind_splits_attention_from_the_rest():
+    q = torch.randn(1, 2, 24, 8)
+    w = torch.randn(8, 4)
+    split = flops_by_kind(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q) @ w)
+    assert split == {"attention": 2 * 2 * 2 * 24 * 24 * 8, "other": 2 * 2 * 24 * 8 * 4}
