@@ -65,8 +65,7 @@ def time_train_step(task, batch_size: int, cameras: int, device: str, reps: int)
         "sample_type": torch.randint(0, 3, (batch_size,), device=device),
         "instruction": ["pick the object"] * batch_size,
     }
-    opt = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.1,
-                            betas=(0.9, 0.99), fused=device.startswith("cuda"))
+    opt = task.configure_optimizers()["optimizer"]  # the task's own: AdamW, the official recipe's values, fused
     task.train()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

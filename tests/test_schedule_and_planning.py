@@ -381,3 +381,41 @@ def test_a_q_value_planning_model_scores_candidates_without_imagined_futures():
     with pytest.raises(ConfigError, match="one or the other"):
         CosmosPolicyModel(dict(TINY_NODES), TINY_SPEC, TINY_STATS, mask_current_state_for_value=True,
                           mask_future_state_for_value=True)
+
+
+def test_fused_adamw_is_the_default_and_updates_as_the_per_tensor_one():
+    """task.optim.fused (default true) is a speed lever only: after 3 steps on the same gradients the parameters are
+    within float rounding of torch's default AdamW (task.optim.fused=false)."""
+    from cosmos_lit.tasks.post_training import CosmosPolicyTask
+
+    torch.manual_seed(0)
+    fused = CosmosPolicyTask(copy.deepcopy(TINY_NODES), TINY_SPEC.to_dict(), copy.deepcopy(TINY_STATS),
+                             optim={"lr": 1e-3, "warmup_steps": 0})
+    loop = copy.deepcopy(fused)
+    loop.optim_cfg = type(loop.optim_cfg)(lr=1e-3, warmup_steps=0, fused=False)
+    opts = [task.configure_optimizers()["optimizer"] for task in (fused, loop)]
+    assert opts[0].defaults["fused"] is True and not opts[1].defaults["fused"]
+    start = [p.detach().clone() for p in fused.parameters()]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for a, b in zip(fused.parameters(), loop.parameters()):
+            if a.requires_grad:
+                a.grad = torch.randn(a.shape, generator=gen)
+                b.grad = a.grad.clone()
+        for opt in opts:
+            opt.step()
+    apart = max((a - b).abs().max().item() for a, b in zip(fused.parameters(), loop.parameters()))
+    moved = max((a - p0).abs().max().item() for a, p0 in zip(fused.parameters(), start))
+    assert apart < 1e-6 < moved
+
+
+def test_a_bf16_mixed_fit_with_gradient_clipping_trains_with_the_unfused_adamw(tmp_path):
+    """Lightning's mixed-precision plugin refuses to clip gradients for a fused optimizer, so under
+    trainer.precision=bf16-mixed (the CPU config clips at 1.0) the task falls back to torch's default AdamW."""
+    from tests.test_distributed import cli, tiny_fit_args, write_episodes
+
+    data = write_episodes(tmp_path / "eps", n=2, length=20)
+    out = cli(*tiny_fit_args(data, tmp_path / "run", 2), "eval=none", "trainer.precision=bf16-mixed")
+    assert out.returncode == 0, out.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert not ckpt["optimizer_states"][0]["param_groups"][0]["fused"]
