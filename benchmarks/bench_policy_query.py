@@ -8,9 +8,10 @@ un-normalization, for a batch of ``B`` envs (2 env workers: B = 2). Rows, all in
 
 * the previous path (``previous_path.py``: every slot image encoded, diffusers' attention processor), float32;
 * today's path in float32 (only the camera images encoded) and under the precision rule's bf16
-  (``cosmos_lit.precision``; fp32 attention on the CPU).
+  (``cosmos_lit.precision``; fp32 attention on the CPU), each eager and with ``model.backbone.compile=true``.
 
-The floor is the counted FLOPs of one query over the matrix-product rate measured here in the row's number format.
+The floor is the counted FLOPs of one query over the matrix-product rate measured here: attention at the float32
+rate (the DiT keeps it in float32 on a CPU), the rest at the rate of the row's number format.
 
     python benchmarks/bench_policy_query.py                                        # the README's default run
     python benchmarks/bench_policy_query.py --overrides experiment=aloha_sim_transfer   # its longer run
@@ -31,7 +32,7 @@ from cosmos_lit.cli import build_datamodule, build_task, load_run_config
 from cosmos_lit.policy import CosmosPolicy
 from cosmos_lit.precision import autocast, native_bf16, uses_bf16
 
-from hardware_floor import count_flops, device_name, matmul_rate, table
+from hardware_floor import device_name, flops_by_kind, matmul_rate, table
 from previous_path import use_previous_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,13 +98,14 @@ def main() -> None:
     for b in a.batch:
         obs = observations(policy, b)
         with torch.no_grad():
-            flops = count_flops(lambda: policy(obs))
+            flops = flops_by_kind(lambda: policy(obs))
         base, base_first = seconds_per_query(previous, obs, "32-true", a.reps)
         for name, pol, prec in (("previous path, fp32 (baseline)", previous, "32-true"),
                                 ("today, fp32", policy, "32-true"),
                                 ("today, fp32, torch.compile of the DiT", compiled, "32-true"),
-                                ("today, bf16 autocast", policy, "bf16-mixed")):
-            floor = flops / rates[prec]
+                                ("today, bf16 autocast", policy, "bf16-mixed"),
+                                ("today, bf16 autocast, torch.compile of the DiT", compiled, "bf16-mixed")):
+            floor = flops["other"] / rates[prec] + flops["attention"] / rates["32-true"]  # fp32 attention on a CPU
             if uses_bf16(prec, policy.device) and not native_bf16(policy.device):
                 rows.append([b, f"{name} (not run: this CPU emulates bf16)", *[float("nan")] * 3, floor * 1e3,
                              float("nan"), float("nan")])

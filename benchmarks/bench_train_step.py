@@ -5,10 +5,12 @@ DataModule, the task and Lightning's Trainer with the CLI's own functions (real 
 task's optimizer, EMA and latent cache), and times ``--steps`` optimizer steps after ``--warmup`` (no validation,
 checkpoints, logger or closed-loop evaluation). The latent cache is filled before the first step, so the rows are a
 run's steady state (``--no-fill-cache``: the steps while it fills). The baseline row is the path as it was before the
-levers (``previous_path.py``: float32, diffusers' attention processor, every slot image encoded); every row's ratio is
-against it. A bf16 row on a CPU without bf16 instructions is not run (emulated bf16 is many times slower). The floor
-is the counted FLOPs of one step (forward + backward of the training loss, ``hardware_floor.count_flops``) over the
-matrix-product rate measured here in the row's number format, at the backbone's token-by-width shape.
+levers (``previous_path.py``: float32, diffusers' attention processor, every slot image encoded; torch's default
+AdamW, ``task.optim.fused=false``); every row's ratio is against it. A bf16 row on a CPU without bf16 instructions
+is not run (emulated bf16 is many times slower). The floor is the counted FLOPs of one step (forward + backward of
+the training loss, ``hardware_floor.flops_by_kind``) over the matrix-product rate measured here, at the backbone's
+token-by-width shape: attention at the float32 rate (the DiT keeps it in float32 on a CPU), the rest at the rate of
+the row's number format.
 
     python benchmarks/bench_train_step.py                                   # the README's default run (64 px)
     python benchmarks/bench_train_step.py --overrides experiment=aloha_sim_transfer   # its longer run (112 px)
@@ -30,17 +32,19 @@ import torch
 from cosmos_lit.cli import build_datamodule, build_task, build_trainer, load_run_config
 from cosmos_lit.precision import native_bf16, uses_bf16
 
-from hardware_floor import count_flops, device_name, matmul_rate, table
+from hardware_floor import device_name, flops_by_kind, matmul_rate, table
 from previous_path import use_previous_path
 
 ROOT = Path(__file__).resolve().parents[1]
 GEMM_ROWS = 4096  # tokens of the rate's matrix product: a training batch has more, so the rate is its best case
-BASELINE = ("previous path, fp32 (baseline)", ["trainer.precision=32-true"], True)
+BASELINE = ("previous path, fp32 (baseline)", ["trainer.precision=32-true", "++task.optim.fused=false"], True)
 LEVERS = {
-    "fp32": ("fp32, camera images only encoded", ["trainer.precision=32-true"], False),
+    "fp32": ("fp32, camera images only encoded, fused AdamW", ["trainer.precision=32-true"], False),
     "bf16": ("bf16-mixed, fp32 attention", ["trainer.precision=bf16-mixed"], False),
     "compile": ("fp32, torch.compile of the DiT", ["trainer.precision=32-true", "model.backbone.compile=true"], False),
-    "previous_bf16": ("previous path in bf16-mixed", ["trainer.precision=bf16-mixed"], True),
+    "bf16_compile": ("bf16-mixed, fp32 attention, torch.compile of the DiT",
+                     ["trainer.precision=bf16-mixed", "model.backbone.compile=true"], False),
+    "previous_bf16": ("previous path in bf16-mixed", ["trainer.precision=bf16-mixed", "++task.optim.fused=false"], True),
 }
 
 
@@ -103,14 +107,15 @@ def run_fit(config: str, overrides: list[str], steps: int, warmup: int, previous
         return sec, timer.first_step, str(trainer.precision), task, batch
 
 
-def step_flops(task: Any, batch: dict[str, Any]) -> int:
+def step_flops(task: Any, batch: dict[str, Any]) -> dict[str, int]:
+    """FLOPs of one training step's forward + backward, split into attention and the rest (``flops_by_kind``)."""
     task.train()
 
     def step() -> None:
         loss, _ = task._loss(batch)
         loss.backward()
 
-    flops = count_flops(step)
+    flops = flops_by_kind(step)
     task.zero_grad(set_to_none=True)
     return flops
 
@@ -119,7 +124,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "configs" / "aloha_sim.yaml"))
     p.add_argument("--overrides", nargs="*", default=[], help="config overrides of every row (e.g. experiment=...)")
-    p.add_argument("--levers", nargs="*", default=["fp32", "compile", "bf16"], choices=list(LEVERS))
+    p.add_argument("--levers", nargs="*", default=["fp32", "compile", "bf16", "bf16_compile"], choices=list(LEVERS))
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--warmup", type=int, default=15)
     p.add_argument("--no-fill-cache", dest="fill_cache", action="store_false",
@@ -141,12 +146,13 @@ def main() -> None:
     width = task.model.backbone.width
     rates = {dt: matmul_rate(GEMM_ROWS, width, 4 * width, dt, "cpu") for dt in (torch.float32, torch.bfloat16)}
     print(f"\ndevice: {device_name('cpu')}; {a.config} {' '.join(a.overrides)}; batch {batch['proprio'].shape[0]}; "
-          f"{flops / 1e9:.1f} GFLOP per step (counted); matmul {rates[torch.float32] / 1e9:.0f} GFLOP/s fp32, "
+          f"{sum(flops.values()) / 1e9:.1f} GFLOP per step (counted; attention {flops['attention'] / 1e9:.1f}); "
+          f"matmul {rates[torch.float32] / 1e9:.0f} GFLOP/s fp32, "
           f"{rates[torch.bfloat16] / 1e9:.0f} GFLOP/s bf16 (measured, {GEMM_ROWS}x{width}x{4 * width})")
     rows = []
     for name, sec, first, _, _, precision in measured:
         rate = rates[torch.bfloat16 if uses_bf16(precision, "cpu") else torch.float32]
-        floor = flops / rate
+        floor = flops["other"] / rate + flops["attention"] / rates[torch.float32]  # attention stays fp32 on a CPU
         ran = sec == sec  # NaN: not run
         rows.append([name, sec, 1.0 / sec, f"{base_sec / sec:.2f}x" if ran else sec, floor,
                      f"{sec / floor:.1f}x" if ran else sec, first])

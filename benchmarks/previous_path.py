@@ -6,7 +6,8 @@
 * every slot image encoded in the ``per_image`` form (``image_encoder.encode(slot_images(...))``: the black vector
   and missing-future slots too, 7 images per single-camera ALOHA query instead of 2).
 
-The precision (float32 on the CPU before) is chosen by each benchmark row.
+The precision (float32 on the CPU before) is chosen by each benchmark row, and the training baseline also sets
+``task.optim.fused=false`` (torch's default AdamW, as before).
 """
 
 from __future__ import annotations
