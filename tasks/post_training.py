@@ -134,6 +134,8 @@ class CosmosPolicyTask(L.LightningModule):
         options = {k: node.pop(k) for k in MODEL_OPTIONS if k in node}
         self.model = CosmosPolicyModel(node, spec, statistics, **options)
         self.optim_cfg = OptimConfig(**bind_kwargs(OptimConfig, dict(optim or {}), "task.optim"))
+        if not isinstance(self.optim_cfg.fused, bool):
+            raise ConfigError(f"task.optim.fused: expected true or false, got {self.optim_cfg.fused!r}")
         self.sigma_sampler = diffusion.HybridSigmaSampler(**bind_kwargs(diffusion.HybridSigmaSampler, dict(sigma or {}), "task.sigma"))
         self.val_sample_batches = val_sample_batches
         self.future_image_loss_weight = _non_negative(future_image_loss_weight, "task.future_image_loss_weight")

@@ -409,6 +409,14 @@ def test_fused_adamw_is_the_default_and_updates_as_the_per_tensor_one():
     assert apart < 1e-6 < moved
 
 
+def test_a_fused_that_is_not_a_bool_is_one_config_error():
+    from cosmos_lit.tasks.post_training import CosmosPolicyTask
+
+    with pytest.raises(ConfigError, match=r"^task.optim.fused: expected true or false, got 'yes'$"):
+        CosmosPolicyTask(copy.deepcopy(TINY_NODES), TINY_SPEC.to_dict(), copy.deepcopy(TINY_STATS),
+                         optim={"fused": "yes"})
+
+
 def test_a_bf16_mixed_fit_with_gradient_clipping_trains_with_the_unfused_adamw(tmp_path):
     """Lightning's mixed-precision plugin refuses to clip gradients for a fused optimizer, so under
     trainer.precision=bf16-mixed (the CPU config clips at 1.0) the task falls back to torch's default AdamW."""
