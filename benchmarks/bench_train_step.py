@@ -3,10 +3,11 @@
 Each row composes the config exactly as ``python -m cosmos_lit fit --config CONFIG [OVERRIDES]`` would, builds the
 DataModule, the task and Lightning's Trainer with the CLI's own functions (real batches from the real loader, the
 task's optimizer, EMA and latent cache), and times ``--steps`` optimizer steps after ``--warmup`` (no validation,
-checkpoints, logger or closed-loop evaluation). The latent cache is filled before the first step, so the rows are a
-run's steady state (``--no-fill-cache``: the steps while it fills). The baseline row is the path as it was before the
-levers (``previous_path.py``: float32, diffusers' attention processor, every slot image encoded; torch's default
-AdamW, ``task.optim.fused=false``); every row's ratio is against it. A bf16 row on a CPU without bf16 instructions
+checkpoints, logger or closed-loop evaluation); a row's figure is the median step. The latent cache is filled before
+the first step, so the rows are a run's steady state (``--no-fill-cache``: the steps while it fills). ``--rounds N``
+fits every row N times, interleaved, for machines whose speed drifts (shared cores). The baseline row is the path
+as it was before the levers (``previous_path.py``: float32, diffusers' attention processor, every slot image
+encoded; torch's default AdamW, ``task.optim.fused=false``); every row's ratio is against it. A bf16 row on a CPU without bf16 instructions
 is not run (emulated bf16 is many times slower). The floor is the counted FLOPs of one step (forward + backward of
 the training loss, ``hardware_floor.flops_by_kind``) over the matrix-product rate measured here, at the backbone's
 token-by-width shape: attention at the float32 rate (the DiT keeps it in float32 on a CPU), the rest at the rate of
@@ -21,6 +22,7 @@ Run it alone on the machine: a second torch process on the same cores slows both
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +33,7 @@ import torch
 
 from cosmos_lit.cli import build_datamodule, build_task, build_trainer, load_run_config
 from cosmos_lit.precision import native_bf16, uses_bf16
+from cosmos_lit.tasks.latent_cache import LatentCache
 
 from hardware_floor import device_name, flops_by_kind, matmul_rate, table
 from previous_path import use_previous_path
@@ -51,40 +54,67 @@ LEVERS = {
 class FillLatentCache(L.Callback):
     """Encode every training image into the task's latent cache before the first step, so the timed steps are the
     steady state of a run (in the README's default run of 3,000 steps the cache is nearly full after its first epoch
-    of about 450 steps; until then a step also encodes the images it has not seen)."""
+    of about 450 steps; until then a step also encodes the images it has not seen).
+
+    One instance serves every row of a run: the rows train on the same data with the same image encoder (the same
+    seed), so after the first fill each row takes the filled latents (``LatentCache.share_from``, which checks the
+    encoder's weights) instead of encoding the dataset again (minutes for run R).
+    """
+
+    def __init__(self) -> None:
+        self.filled: LatentCache | None = None
 
     def on_train_start(self, trainer: L.Trainer, task: Any) -> None:
         if task.latent_cache is None:
             return
+        if self.filled is not None and task.latent_cache.share_from(self.filled):
+            return
         with torch.no_grad():
             for batch in trainer.datamodule.train_dataloader():
                 task.latent_cache.latents(batch)
+        self.filled = task.latent_cache
 
 
 class StepTimer(L.Callback):
-    """Wall time of the optimizer steps after the first ``warmup``, and of the first step (where compiling happens)."""
+    """Wall time of every optimizer step after the first ``warmup``, and of the first step (where compiling happens).
+
+    A step's time runs from its batch-start hook to the next one (the loader's fetch of the next batch included); the
+    last step ends at its batch-end hook. The figure of a run is the median step (``seconds``): on a shared machine a
+    neighbour's burst slows a few steps by tens of percent, which a mean carries into the row and a median does not.
+    """
 
     def __init__(self, warmup: int):
-        self.warmup, self.start, self.end, self.steps = warmup, None, None, 0
+        self.warmup = warmup
+        self.durations: list[float] = []  # seconds of each timed step, in order
+        self._step_start: float | None = None
         self.first_start, self.first_step = None, None
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        now = time.perf_counter()
         if trainer.global_step == 0:
-            self.first_start = time.perf_counter()
-        if trainer.global_step == self.warmup:
-            self.start = time.perf_counter()
+            self.first_start = now
+        if self._step_start is not None:
+            self.durations.append(now - self._step_start)
+        self._step_start = now if trainer.global_step >= self.warmup else None
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        now = time.perf_counter()
         if self.first_step is None:
-            self.first_step = time.perf_counter() - self.first_start
-        if self.start is not None:
-            self.end, self.steps = time.perf_counter(), trainer.global_step - self.warmup
+            self.first_step = now - self.first_start
+        if trainer.global_step >= trainer.max_steps and self._step_start is not None:  # the fit's last step
+            self.durations.append(now - self._step_start)
+            self._step_start = None
+
+    @property
+    def seconds(self) -> float:
+        """Median seconds per timed step (NaN before any)."""
+        return statistics.median(self.durations) if self.durations else float("nan")
 
 
 def run_fit(config: str, overrides: list[str], steps: int, warmup: int, previous: bool = False,
-            fill_cache: bool = True) -> tuple[float, float, str, Any, Any]:
-    """(seconds per step, seconds of the first step, Lightning precision, task, one training batch) of ``steps``
-    timed steps of ``fit``."""
+            fill: FillLatentCache | None = None) -> tuple[list[float], float, str, Any, Any]:
+    """(seconds of each timed step, seconds of the first step, Lightning precision, task, one training batch) of
+    ``steps`` timed steps of ``fit``."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg, _ = load_run_config("fit", config, [
             *overrides, "eval=none", "logger=none", f"trainer.max_steps={warmup + steps}",
@@ -99,12 +129,11 @@ def run_fit(config: str, overrides: list[str], steps: int, warmup: int, previous
         if previous:
             use_previous_path(task.model, [task.backbone_ema.module] if task.backbone_ema is not None else [])
         timer = StepTimer(warmup)
-        callbacks = [FillLatentCache(), timer] if fill_cache else [timer]
+        callbacks = [timer] if fill is None else [fill, timer]
         trainer = build_trainer(cfg, Path(tmp), callbacks, "fit")
         trainer.fit(task, datamodule=dm)
         batch = next(iter(dm.train_dataloader()))
-        sec = (timer.end - timer.start) / max(timer.steps, 1)
-        return sec, timer.first_step, str(trainer.precision), task, batch
+        return timer.durations, timer.first_step, str(trainer.precision), task, batch
 
 
 def step_flops(task: Any, batch: dict[str, Any]) -> dict[str, int]:
@@ -129,18 +158,31 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=15)
     p.add_argument("--no-fill-cache", dest="fill_cache", action="store_false",
                    help="time the steps while the latent cache still fills (each step encodes its new images)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="fit every row this many times, the rows interleaved (baseline, levers, baseline, ...), so "
+                        "that a slow phase of a shared machine falls on every row alike; a row's figure is the median "
+                        "of all its timed steps")
     a = p.parse_args()
+    if a.rounds < 1:
+        p.error(f"--rounds: expected a number >= 1, got {a.rounds}")
     rows_in = [BASELINE, *(LEVERS[k] for k in a.levers)]
-    measured = []
-    for name, extra, previous in rows_in:
-        if any(e.startswith("trainer.precision=bf16") for e in extra) and not native_bf16("cpu"):
-            measured.append((f"{name} (not run: this CPU emulates bf16)", float("nan"), float("nan"), None, None,
-                             "bf16-mixed"))
-            continue
-        sec, first, precision, task, batch = run_fit(a.config, [*a.overrides, *extra], a.steps, a.warmup, previous,
-                                                     a.fill_cache)
-        measured.append((name, sec, first, task, batch, precision))
-        print(f"[{name}] {sec:.4f} s/step, first step {first:.1f} s ({precision})", flush=True)
+    runs: dict[str, dict[str, Any]] = {}
+    fill = FillLatentCache() if a.fill_cache else None
+    for round_ in range(a.rounds):
+        for name, extra, previous in rows_in:
+            if any(e.startswith("trainer.precision=bf16") for e in extra) and not native_bf16("cpu"):
+                runs[name] = {"durations": [], "first": float("nan"), "task": None, "batch": None,
+                              "precision": "bf16-mixed", "name": f"{name} (not run: this CPU emulates bf16)"}
+                continue
+            durations, first, precision, task, batch = run_fit(a.config, [*a.overrides, *extra], a.steps, a.warmup,
+                                                               previous, fill)
+            run = runs.setdefault(name, {"durations": [], "first": first, "task": task, "batch": batch,
+                                         "precision": precision, "name": name})
+            run["durations"] += durations
+            print(f"[round {round_ + 1}/{a.rounds}: {name}] median {statistics.median(durations):.4f} s/step, "
+                  f"first step {first:.1f} s ({precision})", flush=True)
+    measured = [(r["name"], statistics.median(r["durations"]) if r["durations"] else float("nan"), r["first"],
+                 r["task"], r["batch"], r["precision"]) for r in runs.values()]
     _, base_sec, _, task, batch, _ = measured[0]
     flops = step_flops(task, batch)
     width = task.model.backbone.width
@@ -156,6 +198,7 @@ def main() -> None:
         ran = sec == sec  # NaN: not run
         rows.append([name, sec, 1.0 / sec, f"{base_sec / sec:.2f}x" if ran else sec, floor,
                      f"{sec / floor:.1f}x" if ran else sec, first])
+    print(f"{a.rounds} round(s) of {a.steps} timed steps after {a.warmup} per row; s/step is the median step")
     print(table(["path", "s/step", "steps/s", "vs baseline", "floor s/step", "ours / floor", "first step s"], rows))
 
 

@@ -65,6 +65,19 @@ class LatentCache:
             self._black = None
         self._key = encoder_key
 
+    def share_from(self, other: "LatentCache") -> int:
+        """Take the latents ``other`` holds if they were computed by an encoder with this cache's encoder's weights
+        (the same checksum), for processes that fit several tasks on the same data (a benchmark's rows); returns how
+        many were taken (0 when the weights differ or ``other`` is empty). The data must be the same: the cache keys
+        are (episode, frame, camera) indices, not image contents."""
+        other_key = other._key if other._latents else None
+        if other_key is None or other_key != self.encoder_checksum():
+            return 0
+        self._latents.update(other._latents)
+        self._black = other._black if self._black is None else self._black
+        self._key = other_key
+        return len(other._latents)
+
     def latents(self, batch: dict[str, Any]) -> torch.Tensor:
         """Encode only the images not seen before, then assemble every sample's slots from the cache."""
         if "future_t" not in batch or bool(batch.get("augmented", torch.tensor(False)).any()):

@@ -493,6 +493,31 @@ def test_latent_cache_is_keyed_by_the_encoder_weights_and_the_data(capsys):
     assert torch.allclose(changed, direct(), atol=1e-5) and not torch.allclose(changed, first, atol=1e-5)
 
 
+def test_latent_cache_shares_latents_only_between_encoders_with_the_same_weights():
+    """``share_from`` hands a filled cache to another task of the same data (a benchmark's rows) and refuses one
+    whose image encoder has other weights: its latents would be another encoder's."""
+    from cosmos_lit.registry import build
+    from cosmos_lit.spec import DataSpec
+
+    spec = DataSpec(cameras=("a",), proprio_dim=4, action_dim=3, chunk_size=4, image_size=S)
+    model = {"backbone": {"name": "cosmos_predict2_tiny"},
+             "image_encoder": {"name": "wan2.1_tiny", "normalization": "none", "sequence_form": "per_image"}}
+
+    def task(seed):
+        torch.manual_seed(seed)
+        return build({"name": "cosmos_policy", "cache_latents": True}, "task", model=model, spec=spec.to_dict())
+    batch = {"images": torch.rand(2, 2, 3, S, S) * 2 - 1, "episode": torch.tensor([0, 1]), "t": torch.tensor([0, 3]),
+             "future_t": torch.tensor([4, 7])}
+    filled = task(0).latent_cache
+    first = filled.latents(batch)
+    same, other = task(0).latent_cache, task(1).latent_cache
+    assert same.share_from(task(0).latent_cache) == 0  # an empty cache has nothing to give
+    assert same.share_from(filled) == 4 and len(same) == 4
+    batch_without_images = {**batch, "images": torch.zeros_like(batch["images"])}  # every latent is a shared one
+    assert torch.equal(same.latents(batch_without_images), first)
+    assert other.share_from(filled) == 0 and len(other) == 0
+
+
 # ---------------------------------------------------------------------------------------------------- checkpoints
 
 

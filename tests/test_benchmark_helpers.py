@@ -65,3 +65,28 @@ def test_flops_by_kind_splits_attention_from_the_rest():
     w = torch.randn(8, 4)
     split = flops_by_kind(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q) @ w)
     assert split == {"attention": 2 * 2 * 2 * 24 * 24 * 8, "other": 2 * 2 * 24 * 8 * 4}
+
+
+def test_step_timer_times_each_step_after_warmup_and_reports_the_median(monkeypatch):
+    """A step runs from its batch start to the next (the loader's fetch included); the last ends at its batch end.
+    One slow step (a neighbour's burst on a shared machine) does not move the median."""
+    import types
+
+    import bench_train_step
+
+    clock = iter([0.0, 1.0,  # step 0 (warmup): start, end
+                  1.2, 2.0,  # step 1: 1.2 -> 2.3
+                  2.3, 3.0,  # step 2: 2.3 -> 3.4
+                  3.4, 9.0,  # step 3, slow: 3.4 -> 9.5
+                  9.5, 10.6])  # step 4, the last: 9.5 -> 10.6 (its batch end)
+    monkeypatch.setattr(bench_train_step.time, "perf_counter", lambda: next(clock))
+    timer = bench_train_step.StepTimer(warmup=1)
+    trainer = types.SimpleNamespace(global_step=0, max_steps=5)
+    for step in range(5):
+        trainer.global_step = step
+        timer.on_train_batch_start(trainer)
+        trainer.global_step = step + 1  # the optimizer step counts before the batch-end hook
+        timer.on_train_batch_end(trainer)
+    assert timer.first_step == 1.0
+    assert [round(d, 6) for d in timer.durations] == [1.1, 1.1, 6.1, 1.1]
+    assert abs(timer.seconds - 1.1) < 1e-9
