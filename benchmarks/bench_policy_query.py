@@ -10,7 +10,8 @@ un-normalization, for a batch of ``B`` envs (2 env workers: B = 2). Rows, all in
 * today's path in float32 (only the camera images encoded) and under the precision rule's bf16
   (``cosmos_lit.precision``; fp32 attention on the CPU), each eager and with ``model.backbone.compile=true``.
 
-The floor is the counted FLOPs of one query over the matrix-product rate measured here: attention at the float32
+The rows take turns query by query (``--reps`` rounds after each row's first query); each row's figure is its median
+query. The floor is the counted FLOPs of one query over the matrix-product rate measured here: attention at the float32
 rate (the DiT keeps it in float32 on a CPU), the rest at the rate of the row's number format.
 
     python benchmarks/bench_policy_query.py                                        # the README's default run
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -60,19 +62,24 @@ def observations(policy: CosmosPolicy, batch: int, env_size: int = 480) -> list[
             for _ in range(batch)]
 
 
-def seconds_per_query(policy: CosmosPolicy, obs: list[dict[str, Any]], precision: str, reps: int,
-                      ) -> tuple[float, float]:
-    """(median seconds of ``reps`` queries, seconds of the first query, where compiling happens)."""
-    with autocast(policy.device, precision):
-        t0 = time.perf_counter()
-        policy(obs)
-        first = time.perf_counter() - t0
-        times = []
-        for _ in range(reps):
+def seconds_per_query(paths: dict[str, tuple[CosmosPolicy, str]], obs: list[dict[str, Any]], reps: int,
+                      ) -> dict[str, tuple[float, float]]:
+    """{path name: (median seconds of ``reps`` queries, seconds of its first query, where compiling happens)} of
+    ``paths`` ({name: (policy, Lightning precision)}), the paths taking turns query by query, so that a slow phase
+    of a shared machine falls on every path alike."""
+    first, times = {}, {name: [] for name in paths}
+    for name, (policy, precision) in paths.items():
+        with autocast(policy.device, precision):
             t0 = time.perf_counter()
             policy(obs)
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2], first
+            first[name] = time.perf_counter() - t0
+    for _ in range(reps):
+        for name, (policy, precision) in paths.items():
+            with autocast(policy.device, precision):
+                t0 = time.perf_counter()
+                policy(obs)
+                times[name].append(time.perf_counter() - t0)
+    return {name: (statistics.median(times[name]), first[name]) for name in paths}
 
 
 def main() -> None:
@@ -99,18 +106,22 @@ def main() -> None:
         obs = observations(policy, b)
         with torch.no_grad():
             flops = flops_by_kind(lambda: policy(obs))
-        base, base_first = seconds_per_query(previous, obs, "32-true", a.reps)
-        for name, pol, prec in (("previous path, fp32 (baseline)", previous, "32-true"),
-                                ("today, fp32", policy, "32-true"),
-                                ("today, fp32, torch.compile of the DiT", compiled, "32-true"),
-                                ("today, bf16 autocast", policy, "bf16-mixed"),
-                                ("today, bf16 autocast, torch.compile of the DiT", compiled, "bf16-mixed")):
+        paths = {"previous path, fp32 (baseline)": (previous, "32-true"),
+                 "today, fp32": (policy, "32-true"),
+                 "today, fp32, torch.compile of the DiT": (compiled, "32-true"),
+                 "today, bf16 autocast": (policy, "bf16-mixed"),
+                 "today, bf16 autocast, torch.compile of the DiT": (compiled, "bf16-mixed")}
+        emulated = {name for name, (pol, prec) in paths.items()
+                    if uses_bf16(prec, pol.device) and not native_bf16(pol.device)}
+        timed = seconds_per_query({n: p for n, p in paths.items() if n not in emulated}, obs, a.reps)
+        base = timed["previous path, fp32 (baseline)"][0]
+        for name, (pol, prec) in paths.items():
             floor = flops["other"] / rates[prec] + flops["attention"] / rates["32-true"]  # fp32 attention on a CPU
-            if uses_bf16(prec, policy.device) and not native_bf16(policy.device):
+            if name in emulated:
                 rows.append([b, f"{name} (not run: this CPU emulates bf16)", *[float("nan")] * 3, floor * 1e3,
                              float("nan"), float("nan")])
                 continue
-            sec, first = ((base, base_first) if pol is previous else seconds_per_query(pol, obs, prec, a.reps))
+            sec, first = timed[name]
             rows.append([b, name, sec * 1e3, b / sec, f"{base / sec:.2f}x", floor * 1e3, f"{sec / floor:.0f}x",
                          first])
     print(table(["B", "path", "ms/query", "chunks/s", "vs baseline", "floor ms", "ours / floor", "first query s"],
