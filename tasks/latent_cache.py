@@ -73,6 +73,7 @@ class LatentCache:
         other_key = other._key if other._latents else None
         if other_key is None or other_key != self.encoder_checksum():
             return 0
+        self._check_key()  # latents of this cache's own that an earlier state of its encoder computed are dropped
         self._latents.update(other._latents)
         self._black = other._black if self._black is None else self._black
         self._key = other_key

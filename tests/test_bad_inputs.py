@@ -516,6 +516,10 @@ def test_latent_cache_shares_latents_only_between_encoders_with_the_same_weights
     batch_without_images = {**batch, "images": torch.zeros_like(batch["images"])}  # every latent is a shared one
     assert torch.equal(same.latents(batch_without_images), first)
     assert other.share_from(filled) == 0 and len(other) == 0
+    stale_task = task(1)  # latents of its own from other weights, then the filled cache's weights loaded
+    stale_task.latent_cache.latents({**batch, "episode": torch.tensor([5, 6])})
+    stale_task.model.image_encoder.load_state_dict(task(0).model.image_encoder.state_dict())
+    assert stale_task.latent_cache.share_from(filled) == 4 and len(stale_task.latent_cache) == 4
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
